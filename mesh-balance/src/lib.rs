@@ -1,0 +1,1 @@
+//! mesh-balance (under construction in this session).

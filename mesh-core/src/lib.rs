@@ -1,0 +1,1 @@
+//! mesh-core (under construction in this session).

@@ -1,0 +1,1 @@
+//! mesh-discovery (under construction in this session).

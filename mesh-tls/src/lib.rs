@@ -1,0 +1,1 @@
+//! mesh-tls (under construction in this session).

@@ -1,0 +1,1 @@
+//! meshwork facade (under construction in this session).
