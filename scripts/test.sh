@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh Debian machine, then runs the
+# whole workspace's tests. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the integration tests drive as real peers:
+#   openssl, curl   — TLS interop tests (mesh-tls) handshake with `openssl s_client` and `curl --cert`.
+#   prometheus      — the observability test scrapes our exposition endpoint with a real Prometheus.
+need=()
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "test.sh: installing Debian packages: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # prometheus pulls no service start here: policy-rc.d-free containers just unpack it.
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo test --workspace "$@"

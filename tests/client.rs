@@ -1,0 +1,161 @@
+//! The facade client over real backends on 127.0.0.1: balancing, discovery updates, authority.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use meshwork::discovery::{Discovery, Endpoint};
+use support::{init_tracing, Backend};
+
+async fn get(client: &meshwork::Client<Empty<Bytes>>) -> (String, String) {
+    let req = http::Request::get("/").body(Empty::new()).expect("request");
+    let rsp = client.request(req).await.expect("response");
+    assert!(rsp.status().is_success(), "status {}", rsp.status());
+    let header = |name: &str| {
+        rsp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (backend, host) = (header("x-backend"), header("x-seen-host"));
+    rsp.into_body().collect().await.expect("body");
+    (backend, host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn most_requests_go_to_the_fast_endpoint() {
+    init_tracing();
+    let fast = Backend::start("fast", Duration::from_millis(1), 200).await;
+    let slow = Backend::start("slow", Duration::from_millis(60), 200).await;
+    let discovery = Discovery::fixed([Endpoint::new(fast.addr), Endpoint::new(slow.addr)])
+        .expect("discovery");
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+
+    for _ in 0..200 {
+        get(&client).await;
+    }
+    // Both start at the 30 ms default estimate; once measured, the 60 ms endpoint is twice as
+    // expensive as the default and far more than the fast one, so it gets a small share.
+    assert!(
+        fast.hits() > 4 * slow.hits(),
+        "fast {} slow {}",
+        fast.hits(),
+        slow.hits()
+    );
+}
+
+#[tokio::test]
+async fn requests_keep_their_logical_authority() {
+    init_tracing();
+    let backend = Backend::start("one", Duration::ZERO, 200).await;
+    let discovery = Discovery::fixed([Endpoint::new(backend.addr)]).expect("discovery");
+    let client = meshwork::client(discovery)
+        .authority("world.svc:8080")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let (_, host) = get(&client).await;
+    assert_eq!(host, "world.svc:8080");
+
+    // An absolute URI's authority wins over the default.
+    let req = http::Request::get("http://hello.svc/path")
+        .body(Empty::new())
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    assert_eq!(rsp.headers()["x-seen-host"], "hello.svc");
+}
+
+#[tokio::test]
+async fn discovery_updates_move_traffic() {
+    init_tracing();
+    let a = Backend::start("a", Duration::ZERO, 200).await;
+    let b = Backend::start("b", Duration::ZERO, 200).await;
+    let (discovery, updater) = Discovery::manual();
+    updater.update([Endpoint::new(a.addr)]).expect("update");
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+
+    for _ in 0..20 {
+        assert_eq!(get(&client).await.0, "a");
+    }
+    updater.update([Endpoint::new(b.addr)]).expect("update");
+    // The balancer applies the change asynchronously; within a bounded time only `b` is used.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if get(&client).await.0 == "b" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "update never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = a.hits();
+    for _ in 0..20 {
+        assert_eq!(get(&client).await.0, "b");
+    }
+    assert_eq!(a.hits(), before);
+}
+
+#[tokio::test]
+async fn an_empty_set_fails_fast_with_no_endpoints() {
+    init_tracing();
+    let (discovery, _updater) = Discovery::manual();
+    let config = meshwork::balance::Config {
+        failfast_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .balance(config)
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let req = http::Request::get("/").body(Empty::new()).expect("request");
+    let started = tokio::time::Instant::now();
+    let err = client.request(req).await.expect_err("no endpoints");
+    assert!(err.is_no_endpoints(), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_request_without_any_authority_is_rejected() {
+    init_tracing();
+    let backend = Backend::start("one", Duration::ZERO, 200).await;
+    let discovery = Discovery::fixed([Endpoint::new(backend.addr)]).expect("discovery");
+    let client = meshwork::client(discovery)
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let req = http::Request::get("/").body(Empty::new()).expect("request");
+    let err = client.request(req).await.expect_err("no authority");
+    assert!(matches!(err, meshwork::client::Error::MissingAuthority), "{err}");
+    assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn server_errors_steer_traffic_away() {
+    init_tracing();
+    let good = Backend::start("good", Duration::from_millis(2), 200).await;
+    let bad = Backend::start("bad", Duration::ZERO, 503).await;
+    let discovery = Discovery::fixed([Endpoint::new(good.addr), Endpoint::new(bad.addr)])
+        .expect("discovery");
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let mut ok = 0;
+    for _ in 0..300 {
+        let req = http::Request::get("/").body(Empty::new()).expect("request");
+        let rsp = client.request(req).await.expect("response");
+        if rsp.status().is_success() {
+            ok += 1;
+        }
+    }
+    // A 503 answered at once must not make `bad` look fast: most requests go to `good`.
+    assert!(ok >= 270, "only {ok} of 300 succeeded");
+}
