@@ -5,7 +5,8 @@
 //! a shared pool keyed by a rewritten URI. The request keeps its logical `Host`/`:authority`; only the
 //! TCP connection goes to the endpoint. [`EndpointConnector`] is what makes that possible with
 //! hyper-util's pooled client: whatever URI the pool asks it to connect to, it dials the one socket
-//! address it was built for.
+//! address it was built for — in plaintext, or (feature `tls`) with mutual TLS that requires the
+//! server to present the identity discovery expects at that endpoint.
 //!
 //! Connections get `TCP_NODELAY` (requests and responses are small writes that must not wait for
 //! Nagle's algorithm) and a connect timeout (default 1 s, as Linkerd 2's outbound connect timeout).
@@ -27,6 +28,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -38,10 +40,23 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct EndpointConnector {
     addr: SocketAddr,
     connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<mesh_tls::client::TlsConnector>,
+}
+
+/// The connection [`EndpointConnector`] makes: plain TCP, or mutual TLS over TCP.
+#[derive(Debug)]
+pub enum EndpointIo {
+    /// A plaintext TCP connection.
+    Plain(TokioIo<TcpStream>),
+    /// A mutual TLS connection whose server presented the expected identity.
+    #[cfg(feature = "tls")]
+    Tls(Box<mesh_tls::client::MeshTlsStream<TcpStream>>),
 }
 
 /// Why a connection to an endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The TCP connect failed.
     #[error("connect to {addr} failed: {source}")]
@@ -60,16 +75,28 @@ pub enum ConnectError {
         /// The connect timeout that passed.
         timeout: Duration,
     },
+    /// The TLS handshake failed, or the server's identity was not the expected one.
+    #[cfg(feature = "tls")]
+    #[error("TLS to {addr} failed: {source}")]
+    Tls {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// What the TLS layer reported.
+        #[source]
+        source: mesh_tls::TlsError,
+    },
 }
 
 // === impl EndpointConnector ===
 
 impl EndpointConnector {
-    /// A connector for `addr` with the default connect timeout.
+    /// A plaintext connector for `addr` with the default connect timeout.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -79,13 +106,21 @@ impl EndpointConnector {
         self
     }
 
+    /// Speaks mutual TLS over each connection: the server must present the identity `tls` expects.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: mesh_tls::client::TlsConnector) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The address this connector dials.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Dials the endpoint: TCP connect with the timeout, then `TCP_NODELAY`.
-    pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
+    /// Dials the endpoint: TCP connect with the timeout and `TCP_NODELAY`, then the TLS handshake
+    /// if the connector has TLS.
+    pub async fn connect(&self) -> Result<EndpointIo, ConnectError> {
         let addr = self.addr;
         let timeout = self.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -96,12 +131,20 @@ impl EndpointConnector {
         stream
             .set_nodelay(true)
             .map_err(|source| ConnectError::Io { addr, source })?;
-        Ok(stream)
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream = tls
+                .connect(stream)
+                .await
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            return Ok(EndpointIo::Tls(Box::new(stream)));
+        }
+        Ok(EndpointIo::Plain(TokioIo::new(stream)))
     }
 }
 
 impl tower::Service<http::Uri> for EndpointConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = EndpointIo;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -111,6 +154,84 @@ impl tower::Service<http::Uri> for EndpointConnector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+        Box::pin(async move { this.connect().await })
+    }
+}
+
+// === impl EndpointIo ===
+
+impl EndpointIo {
+    /// The identity the server proved, for a TLS connection.
+    #[cfg(feature = "tls")]
+    pub fn peer_identity(&self) -> Option<&mesh_tls::Identity> {
+        match self {
+            EndpointIo::Plain(_) => None,
+            EndpointIo::Tls(stream) => Some(stream.peer_identity()),
+        }
+    }
+}
+
+impl Connection for EndpointIo {
+    fn connected(&self) -> Connected {
+        match self {
+            EndpointIo::Plain(io) => io.connected(),
+            #[cfg(feature = "tls")]
+            EndpointIo::Tls(io) => io.connected(),
+        }
+    }
+}
+
+/// Forwards a `hyper::rt` method to whichever connection this is (all of them are `Unpin`).
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            EndpointIo::Plain($io) => $call,
+            #[cfg(feature = "tls")]
+            EndpointIo::Tls($io) => $call,
+        }
+    };
+}
+
+impl hyper::rt::Read for EndpointIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl hyper::rt::Write for EndpointIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => Pin::new(io).poll_shutdown(cx))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            EndpointIo::Plain(io) => io.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            EndpointIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 }

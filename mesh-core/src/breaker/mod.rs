@@ -1,0 +1,432 @@
+//! Circuit breaking (failure accrual) per endpoint.
+//!
+//! An endpoint that keeps failing is taken out of the balancer's choice for a while, then one real
+//! request probes it; success puts it back. The rules (DESIGN.md):
+//!
+//! - **trip** on 7 consecutive failures (Linkerd 2's default), or when the success rate over the
+//!   last 10 s falls below 0.8 with at least 5 requests (Finagle's success-rate failure accrual);
+//! - **eject** for an exponential backoff, 1 s doubling to 60 s, with jitter 0.5 (each wait is drawn
+//!   from `[½ × b, b]`), through [`mesh_balance::Health::eject`];
+//! - then [`mesh_balance::Health::probe`]: the balancer sends exactly one real request; its success
+//!   [`restore`](mesh_balance::Health::restore)s the endpoint and resets the backoff, its failure
+//!   ejects it again for the next, longer backoff.
+//!
+//! ## Off the request path
+//!
+//! As in Linkerd 2, the per-endpoint [`Breaker`] service only classifies responses (with the shared
+//! [`Classify`], observing gRPC trailers through [`ClassifyBody`]) and `try_send`s the class on a
+//! bounded channel; a task per endpoint reads the channel, keeps the counts and flips the
+//! [`Health`]. A full channel drops the outcome and counts it ([`BreakerStats::dropped`]) rather
+//! than slow a request. The balancer reads `Health` with one atomic load per candidate.
+//!
+//! Outcomes that arrive while the endpoint is ejected (requests that were in flight, or panic-mode
+//! traffic) are discarded; the first outcome after `probe()` decides. A response that is dropped
+//! before its end (a cancelled request) reports nothing.
+//!
+//! ```
+//! use mesh_balance::{Health, HealthState};
+//! use mesh_core::breaker::{Breaker, BreakerConfig};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let health = Health::new();
+//! let layer = Breaker::layer(BreakerConfig::default());
+//! let stats = layer.stats();
+//! let endpoint = layer.layer(
+//!     service_fn(|_req: http::Request<()>| async {
+//!         let mut rsp = http::Response::new(String::new());
+//!         *rsp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+//!         Ok::<_, std::convert::Infallible>(rsp)
+//!     }),
+//!     health.clone(),
+//! );
+//! for _ in 0..7 {
+//!     endpoint.clone().oneshot(http::Request::new(())).await.unwrap();
+//! }
+//! while health.state() == HealthState::Available {
+//!     tokio::task::yield_now().await; // let the breaker task read the outcomes
+//! }
+//! assert_eq!(health.state(), HealthState::Ejected);
+//! assert_eq!(stats.ejections(), 1);
+//! # }
+//! ```
+
+mod task;
+
+use http::{Request, Response};
+use mesh_balance::Health;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tower::BoxError;
+
+use crate::classify::{
+    classifier_for, default_error_kind, Class, Classifier, ClassifyBody, ErrorInspector, HeadClass,
+    OnClass, RequestInfo, SharedClassify,
+};
+
+/// Success-rate failure accrual. `Default`: threshold 0.8 over 10 s, at least 5 requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SuccessRate {
+    /// Trip when the success rate falls below this.
+    pub threshold: f64,
+    /// Over this window.
+    pub window: Duration,
+    /// Only once the window holds at least this many requests.
+    pub min_requests: u32,
+}
+
+impl Default for SuccessRate {
+    fn default() -> Self {
+        Self {
+            threshold: 0.8,
+            window: Duration::from_secs(10),
+            min_requests: 5,
+        }
+    }
+}
+
+/// Configuration of the breaker. `Default` = DESIGN.md's values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerConfig {
+    /// Trip after this many consecutive failures (7, Linkerd 2); 0 turns this rule off.
+    pub consecutive_failures: u32,
+    /// Trip on a low success rate (`None` turns this rule off).
+    pub success_rate: Option<SuccessRate>,
+    /// The first ejection's length (1 s).
+    pub min_backoff: Duration,
+    /// The longest ejection (60 s).
+    pub max_backoff: Duration,
+    /// Jitter: each ejection lasts `b × (1 − jitter × u)`, `u` uniform in `[0, 1)` (0.5).
+    pub jitter: f64,
+    /// Outcomes buffered between the endpoint and its breaker task (1024).
+    pub channel_capacity: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 7,
+            success_rate: Some(SuccessRate::default()),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            jitter: 0.5,
+            channel_capacity: 1024,
+        }
+    }
+}
+
+/// An invalid [`BreakerConfig`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BreakerConfigError {
+    /// Backoffs must be positive and ordered.
+    #[error("backoff must satisfy 0 < min_backoff ({min:?}) <= max_backoff ({max:?})")]
+    Backoff {
+        /// min_backoff.
+        min: Duration,
+        /// max_backoff.
+        max: Duration,
+    },
+    /// Jitter must be in `0.0..=1.0`.
+    #[error("jitter {0} must be in 0.0..=1.0")]
+    Jitter(f64),
+    /// The success-rate threshold must be in `0.0..=1.0` and the window positive.
+    #[error(
+        "success rate threshold {threshold} must be in 0.0..=1.0 and window {window:?} positive"
+    )]
+    SuccessRate {
+        /// The threshold.
+        threshold: f64,
+        /// The window.
+        window: Duration,
+    },
+    /// The channel needs room for at least one outcome.
+    #[error("channel_capacity must be at least 1")]
+    Channel,
+}
+
+// === impl BreakerConfig ===
+
+impl BreakerConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), BreakerConfigError> {
+        if self.min_backoff.is_zero() || self.max_backoff < self.min_backoff {
+            return Err(BreakerConfigError::Backoff {
+                min: self.min_backoff,
+                max: self.max_backoff,
+            });
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(BreakerConfigError::Jitter(self.jitter));
+        }
+        if let Some(sr) = self.success_rate {
+            if !(0.0..=1.0).contains(&sr.threshold) || sr.window.is_zero() {
+                return Err(BreakerConfigError::SuccessRate {
+                    threshold: sr.threshold,
+                    window: sr.window,
+                });
+            }
+        }
+        if self.channel_capacity == 0 {
+            return Err(BreakerConfigError::Channel);
+        }
+        Ok(())
+    }
+}
+
+/// Breaker counters, shared by every endpoint of a layer (cheap to clone).
+#[derive(Clone, Debug, Default)]
+pub struct BreakerStats(Arc<StatsInner>);
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsInner {
+    ejections: AtomicU64,
+    restorations: AtomicU64,
+    failed_probes: AtomicU64,
+    dropped: AtomicU64,
+}
+
+// === impl BreakerStats ===
+
+impl BreakerStats {
+    /// Times an endpoint was ejected (including after a failed probe).
+    pub fn ejections(&self) -> u64 {
+        self.0.ejections.load(Ordering::Relaxed)
+    }
+    /// Times a probe succeeded and an endpoint was restored.
+    pub fn restorations(&self) -> u64 {
+        self.0.restorations.load(Ordering::Relaxed)
+    }
+    /// Probes that failed.
+    pub fn failed_probes(&self) -> u64 {
+        self.0.failed_probes.load(Ordering::Relaxed)
+    }
+    /// Outcomes dropped because a breaker task's channel was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends one outcome to the breaker task, without waiting.
+#[derive(Clone, Debug)]
+pub struct Report {
+    tx: mpsc::Sender<Class>,
+    stats: BreakerStats,
+}
+
+impl OnClass for Report {
+    fn on_class(self, class: Class) {
+        if self.tx.try_send(class).is_err() {
+            self.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The per-endpoint breaker service: classifies outcomes and reports them to its task.
+#[derive(Clone, Debug)]
+pub struct Breaker<S> {
+    inner: S,
+    report: Report,
+    classify: SharedClassify,
+    inspect: ErrorInspector,
+}
+
+/// Makes a [`Breaker`] per endpoint (the `NewBreaker` of the triplet): [`BreakerLayer::layer`]
+/// takes the endpoint's service and its [`Health`] and spawns the endpoint's breaker task (so it
+/// must be called within a Tokio runtime). The task ends when the endpoint's service (all its
+/// clones) is dropped.
+#[derive(Clone, Debug)]
+pub struct BreakerLayer {
+    config: BreakerConfig,
+    classify: SharedClassify,
+    inspect: ErrorInspector,
+    stats: BreakerStats,
+}
+
+/// The name of the per-target constructor in the `X` / `X::layer` / `NewX` triplet.
+pub type NewBreaker = BreakerLayer;
+
+// === impl BreakerLayer ===
+
+impl BreakerLayer {
+    /// Uses this classifier (default: [`Classifier::default`]).
+    pub fn classify(mut self, classify: SharedClassify) -> Self {
+        self.classify = classify;
+        self
+    }
+
+    /// Uses this error inspector (default: [`default_error_kind`]).
+    pub fn error_inspector(mut self, inspect: ErrorInspector) -> Self {
+        self.inspect = inspect;
+        self
+    }
+
+    /// The counters of every endpoint this layer wraps.
+    pub fn stats(&self) -> BreakerStats {
+        self.stats.clone()
+    }
+
+    /// Wraps one endpoint's service; spawns its breaker task, which drives `health`.
+    pub fn layer<S>(&self, inner: S, health: Health) -> Breaker<S> {
+        let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
+        tokio::spawn(task::run(rx, health, self.config, self.stats.clone()));
+        Breaker {
+            inner,
+            report: Report {
+                tx,
+                stats: self.stats.clone(),
+            },
+            classify: self.classify.clone(),
+            inspect: self.inspect,
+        }
+    }
+}
+
+/// A [`tower::Layer`] for one endpoint: [`BreakerLayer`] bound to that endpoint's [`Health`], for
+/// use in a `ServiceBuilder`. Each `layer` call spawns a breaker task driving the same `Health`, so
+/// apply it once per endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointBreakerLayer {
+    layer: BreakerLayer,
+    health: Health,
+}
+
+impl<S> tower::Layer<S> for EndpointBreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Breaker<S> {
+        self.layer.layer(inner, self.health.clone())
+    }
+}
+
+impl BreakerLayer {
+    /// This layer bound to one endpoint's `health`, as a [`tower::Layer`].
+    pub fn with_health(&self, health: Health) -> EndpointBreakerLayer {
+        EndpointBreakerLayer {
+            layer: self.clone(),
+            health,
+        }
+    }
+}
+
+// === impl Breaker ===
+
+impl Breaker<()> {
+    /// The per-endpoint layer with the default classifier.
+    pub fn layer(config: BreakerConfig) -> BreakerLayer {
+        BreakerLayer {
+            config,
+            classify: Classifier::default().shared(),
+            inspect: default_error_kind,
+            stats: BreakerStats::default(),
+        }
+    }
+}
+
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for Breaker<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: http_body::Body,
+{
+    type Response = Response<ClassifyBody<ResB, Report>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let info = RequestInfo::of(&req);
+        let classify = classifier_for(req.extensions(), &self.classify);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            state: Some(Pending {
+                info,
+                report: self.report.clone(),
+                classify,
+                inspect: self.inspect,
+            }),
+        }
+    }
+}
+
+struct Pending {
+    info: RequestInfo,
+    report: Report,
+    classify: SharedClassify,
+    inspect: ErrorInspector,
+}
+
+pin_project! {
+    /// The [`Breaker`] response future.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<Pending>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ClassifyBody<B, Report>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let Some(p) = this.state.take() else {
+            // Polled after completion: report nothing more.
+            return Poll::Ready(
+                result
+                    .map(|r| r.map(ClassifyBody::passthrough))
+                    .map_err(Into::into),
+            );
+        };
+        Poll::Ready(match result {
+            // A response the mesh made itself (e.g. the endpoint's concurrency cap shed it) says
+            // nothing about the endpoint's health: not reported.
+            Ok(rsp) if rsp.extensions().get::<crate::error::Error>().is_some() => {
+                Ok(rsp.map(ClassifyBody::passthrough))
+            }
+            Ok(rsp) => {
+                let head = p
+                    .classify
+                    .classify_head(p.info, rsp.status(), rsp.headers());
+                Ok(match head {
+                    HeadClass::Done(class) => {
+                        p.report.on_class(class);
+                        rsp.map(ClassifyBody::passthrough)
+                    }
+                    HeadClass::AwaitEos => {
+                        rsp.map(|b| ClassifyBody::new(b, p.classify, p.info, p.report))
+                    }
+                })
+            }
+            Err(e) => {
+                let e: BoxError = e.into();
+                p.report
+                    .on_class(p.classify.classify_error(p.info, (p.inspect)(&*e)));
+                Err(e)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

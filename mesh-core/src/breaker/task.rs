@@ -1,0 +1,177 @@
+//! The breaker task: reads an endpoint's outcomes and drives its `Health`.
+
+use mesh_balance::Health;
+use rand::Rng;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{BreakerConfig, BreakerStats, SuccessRate};
+use crate::classify::Class;
+
+/// Buckets the success-rate window is divided into.
+const BUCKETS: usize = 10;
+
+/// Success rate over a sliding window, in buckets. Task-local: no atomics needed.
+#[derive(Debug)]
+struct RateWindow {
+    config: SuccessRate,
+    start: Instant,
+    bucket_ns: u128,
+    /// (bucket epoch, requests, failures)
+    buckets: [(u128, u32, u32); BUCKETS],
+}
+
+impl RateWindow {
+    fn new(config: SuccessRate) -> Self {
+        Self {
+            config,
+            start: Instant::now(),
+            bucket_ns: (config.window.as_nanos() / BUCKETS as u128).max(1),
+            buckets: [(u128::MAX, 0, 0); BUCKETS],
+        }
+    }
+
+    fn epoch(&self) -> u128 {
+        Instant::now()
+            .saturating_duration_since(self.start)
+            .as_nanos()
+            / self.bucket_ns
+    }
+
+    fn record(&mut self, failed: bool) {
+        let epoch = self.epoch();
+        let b = &mut self.buckets[(epoch % BUCKETS as u128) as usize];
+        if b.0 != epoch {
+            *b = (epoch, 0, 0);
+        }
+        b.1 += 1;
+        b.2 += u32::from(failed);
+    }
+
+    fn tripped(&self) -> bool {
+        let epoch = self.epoch();
+        let (mut total, mut failures) = (0u64, 0u64);
+        for &(e, n, f) in &self.buckets {
+            if e <= epoch && epoch - e < BUCKETS as u128 {
+                total += u64::from(n);
+                failures += u64::from(f);
+            }
+        }
+        total >= u64::from(self.config.min_requests)
+            && total > 0
+            && ((total - failures) as f64 / total as f64) < self.config.threshold
+    }
+
+    fn reset(&mut self) {
+        self.buckets = [(u128::MAX, 0, 0); BUCKETS];
+    }
+}
+
+/// The ejection length for the `n`th consecutive ejection (0-based), with jitter.
+fn ejection(config: &BreakerConfig, n: u32) -> Duration {
+    let base = config
+        .min_backoff
+        .saturating_mul(2u32.saturating_pow(n.min(31)))
+        .min(config.max_backoff);
+    let u: f64 = rand::rng().random_range(0.0..1.0);
+    base.mul_f64(1.0 - config.jitter * u)
+}
+
+pub(super) async fn run(
+    mut rx: mpsc::Receiver<Class>,
+    health: Health,
+    config: BreakerConfig,
+    stats: BreakerStats,
+) {
+    let stats = &stats.0;
+    let mut consecutive = 0u32;
+    let mut window = config.success_rate.map(RateWindow::new);
+    loop {
+        // Closed: count outcomes until a rule trips.
+        let Some(class) = rx.recv().await else { return };
+        let failed = !class.is_success();
+        consecutive = if failed { consecutive + 1 } else { 0 };
+        if let Some(w) = window.as_mut() {
+            w.record(failed);
+        }
+        let tripped = (config.consecutive_failures > 0
+            && consecutive >= config.consecutive_failures)
+            || window.as_ref().is_some_and(RateWindow::tripped);
+        if !tripped {
+            continue;
+        }
+        // Open: eject, wait, probe; repeat with longer waits until a probe succeeds.
+        let mut n = 0u32;
+        loop {
+            health.eject();
+            stats.ejections.fetch_add(1, Ordering::Relaxed);
+            let wait = ejection(&config, n);
+            tracing::debug!(?wait, consecutive, "endpoint ejected");
+            n = n.saturating_add(1);
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    msg = rx.recv() => if msg.is_none() { return },
+                }
+            }
+            health.probe();
+            tracing::debug!("endpoint probing");
+            match rx.recv().await {
+                None => return,
+                Some(class) if class.is_success() => {
+                    health.restore();
+                    stats.restorations.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("endpoint restored");
+                    consecutive = 0;
+                    if let Some(w) = window.as_mut() {
+                        w.reset();
+                    }
+                    break;
+                }
+                Some(_) => {
+                    stats.failed_probes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejections_grow_exponentially_within_jitter() {
+        let config = BreakerConfig::default();
+        for (n, secs) in [(0u32, 1u64), (1, 2), (2, 4), (5, 32), (6, 60), (40, 60)] {
+            for _ in 0..20 {
+                let d = ejection(&config, n);
+                let b = Duration::from_secs(secs);
+                assert!(d <= b && d >= b / 2, "n={n}: {d:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_rate_trips_below_threshold_with_enough_requests() {
+        let mut w = RateWindow::new(SuccessRate::default());
+        for _ in 0..3 {
+            w.record(true);
+        }
+        assert!(!w.tripped(), "3 requests are below min_requests");
+        w.record(false);
+        w.record(false);
+        assert!(w.tripped(), "2/5 = 0.4 < 0.8");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!w.tripped(), "the window slid past them");
+        for _ in 0..9 {
+            w.record(false);
+        }
+        w.record(true);
+        assert!(!w.tripped(), "0.9 >= 0.8");
+    }
+}

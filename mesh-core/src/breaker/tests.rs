@@ -1,0 +1,235 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use mesh_balance::HealthState;
+use std::sync::atomic::AtomicU16;
+use tower::{Service, ServiceExt};
+
+/// An endpoint whose status the test sets.
+fn endpoint(
+    status: Arc<AtomicU16>,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<Empty<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<Response<Empty<Bytes>>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    tower::service_fn(move |_req: Request<()>| {
+        let s = status.load(Ordering::SeqCst);
+        async move {
+            let mut rsp = Response::new(Empty::new());
+            *rsp.status_mut() = StatusCode::from_u16(s).unwrap();
+            Ok(rsp)
+        }
+    })
+}
+
+/// Lets the breaker task run (the paused clock auto-advances only when all tasks are idle).
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn send<S>(svc: &S, n: usize)
+where
+    S: tower::Service<
+            Request<()>,
+            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
+            Error = BoxError,
+        > + Clone,
+{
+    for _ in 0..n {
+        let rsp = svc.clone().oneshot(Request::new(())).await.unwrap();
+        // Read the body to its end, as a caller would.
+        rsp.into_body().collect().await.unwrap();
+    }
+    settle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_after_seven_consecutive_failures_probes_and_restores() {
+    let status = Arc::new(AtomicU16::new(500));
+    let health = Health::new();
+    let config = BreakerConfig {
+        success_rate: None,
+        ..Default::default()
+    };
+    let layer = Breaker::layer(config);
+    let stats = layer.stats();
+    let svc = layer.layer(endpoint(status.clone()), health.clone());
+
+    send(&svc, 6).await;
+    assert_eq!(
+        health.state(),
+        HealthState::Available,
+        "6 failures do not trip"
+    );
+    send(&svc, 1).await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    assert_eq!(stats.ejections(), 1);
+
+    // Jitter 0.5: the first ejection lasts between 0.5 s and 1 s.
+    tokio::time::sleep(Duration::from_millis(490)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    tokio::time::sleep(Duration::from_millis(520)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Probing);
+
+    // The balancer hands out exactly one probe; it succeeds.
+    assert!(health.try_acquire_probe());
+    status.store(200, Ordering::SeqCst);
+    send(&svc, 1).await;
+    assert_eq!(health.state(), HealthState::Available);
+    assert_eq!(stats.restorations(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_probe_ejects_again_for_longer() {
+    let status = Arc::new(AtomicU16::new(503));
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        success_rate: None,
+        ..Default::default()
+    });
+    let stats = layer.stats();
+    // As a tower::Layer in a ServiceBuilder.
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.with_health(health.clone()))
+        .service(endpoint(status.clone()));
+    send(&svc, 7).await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    tokio::time::sleep(Duration::from_millis(1010)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Probing);
+    send(&svc, 1).await; // the probe fails
+    assert_eq!(health.state(), HealthState::Ejected);
+    assert_eq!((stats.ejections(), stats.failed_probes()), (2, 1));
+    // The second ejection lasts between 1 s and 2 s.
+    tokio::time::sleep(Duration::from_millis(990)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    tokio::time::sleep(Duration::from_millis(1020)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Probing);
+    // Outcomes of requests that were in flight during the ejection were discarded; the probe
+    // decides.
+    status.store(200, Ordering::SeqCst);
+    send(&svc, 1).await;
+    assert_eq!(health.state(), HealthState::Available);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_rate_trips_before_consecutive_failures() {
+    let status = Arc::new(AtomicU16::new(200));
+    let health = Health::new();
+    let svc =
+        Breaker::layer(BreakerConfig::default()).layer(endpoint(status.clone()), health.clone());
+    // Alternate: never 7 in a row, but 50 % success over 10 requests.
+    for i in 0..10 {
+        status.store(if i % 2 == 0 { 200 } else { 500 }, Ordering::SeqCst);
+        send(&svc, 1).await;
+    }
+    assert_eq!(health.state(), HealthState::Ejected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_in_trailers_is_reported_at_the_end_of_the_body() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 2,
+        success_rate: None,
+        ..Default::default()
+    });
+    let grpc_endpoint = tower::service_fn(|_req: Request<()>| async {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("13"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut rsp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        rsp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let svc = layer.layer(grpc_endpoint, health.clone());
+    let grpc_req = || {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        req
+    };
+    // Two responses whose heads look fine; nobody reads the bodies: nothing is reported yet.
+    let a = svc.clone().oneshot(grpc_req()).await.unwrap();
+    let b = svc.clone().oneshot(grpc_req()).await.unwrap();
+    settle().await;
+    assert_eq!(health.state(), HealthState::Available);
+    // Their trailers say INTERNAL: two failures.
+    a.into_body().collect().await.unwrap();
+    b.into_body().collect().await.unwrap();
+    settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_channel_drops_and_counts_outcomes() {
+    let status = Arc::new(AtomicU16::new(500));
+    let layer = Breaker::layer(BreakerConfig {
+        channel_capacity: 1,
+        ..Default::default()
+    });
+    let stats = layer.stats();
+    let svc = layer.layer(endpoint(status), Health::new());
+    // The task does not run between these calls (no yield): only one outcome fits.
+    for _ in 0..3 {
+        let mut s = svc.clone();
+        let fut = s.call(Request::new(()));
+        futures_util::FutureExt::now_or_never(fut).unwrap().unwrap();
+    }
+    assert_eq!(stats.dropped(), 2);
+}
+
+#[test]
+fn config_is_validated() {
+    assert!(BreakerConfig::default().validate().is_ok());
+    let bad = BreakerConfig {
+        jitter: 1.5,
+        ..Default::default()
+    };
+    assert_eq!(
+        bad.validate().unwrap_err().to_string(),
+        "jitter 1.5 must be in 0.0..=1.0"
+    );
+    let bad = BreakerConfig {
+        max_backoff: Duration::from_millis(10),
+        ..Default::default()
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn mesh_made_responses_are_not_the_endpoints_failures() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 1,
+        success_rate: None,
+        ..Default::default()
+    });
+    let capped = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(
+            crate::error::Error::ConcurrencyCapReached(1).to_response::<Empty<Bytes>>(false),
+        )
+    });
+    let svc = layer.layer(capped, health.clone());
+    send(&svc, 3).await;
+    assert_eq!(health.state(), HealthState::Available);
+}

@@ -1,0 +1,576 @@
+//! Hedged requests: a second attempt when the first is slow.
+//!
+//! Tail latency often comes from one slow endpoint (a GC pause, a cold cache, a noisy neighbour).
+//! Hedging ("The Tail at Scale", Dean & Barroso) sends a second copy of a request that has not
+//! answered after the endpoint set's observed p95 latency; whichever answers first wins and the
+//! other is dropped (cancelling it down to its connection). Only 5 % of requests should wait that
+//! long, so hedging costs about 5 % more load — and to keep that bound under trouble, every hedge is
+//! **charged to the retry budget** ([`Budget`]): when the budget is spent, no hedges.
+//!
+//! Hedging is optional: put the layer in a client's stack (per client), and/or set
+//! [`HedgeConfig::enabled`] to `false` and let routes opt in with a [`HedgeDelay`] request
+//! extension ([`NoHedge`] opts out). It applies only to idempotent requests (GET HEAD OPTIONS TRACE PUT DELETE) whose bodies were buffered ([`ReplayBody`], ≤ 64
+//! KiB by default).
+//!
+//! The balancer picks an endpoint for each attempt; to let it pick a *different* one for the hedge,
+//! both attempts carry the same [`AvoidEndpoint`] hint: the balancer records the endpoint it chose
+//! for the first and may avoid it for the second. The hint is advisory.
+//!
+//! If the attempt that finishes first failed with an error (not a response), the other one is
+//! awaited instead: an error is no reason to throw away an attempt that may still succeed.
+//!
+//! ```
+//! use mesh_core::hedge::{Hedge, HedgeConfig, HedgeDelay};
+//! use mesh_core::retry::{Budget, BudgetConfig};
+//! use std::time::Duration;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! tokio::time::pause();
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let c = calls.clone();
+//! let backend = service_fn(move |_req: http::Request<_>| {
+//!     let slow = c.fetch_add(1, Ordering::SeqCst) == 0;
+//!     async move {
+//!         if slow { tokio::time::sleep(Duration::from_secs(5)).await; }
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//!     }
+//! });
+//! let config = HedgeConfig { delay: HedgeDelay::Fixed(Duration::from_millis(50)), ..Default::default() };
+//! let layer = Hedge::layer(config, Budget::new(BudgetConfig::default()).unwrap());
+//! let stats = layer.stats();
+//! let start = tokio::time::Instant::now();
+//! let rsp = layer.layer(backend).oneshot(http::Request::new(String::new())).await.unwrap();
+//! assert!(start.elapsed() < Duration::from_secs(1)); // the hedge answered, not the slow first try
+//! assert_eq!(stats.hedges(), 1);
+//! # }
+//! ```
+
+use futures_util::future::{self, BoxFuture, Either};
+use http::header::CONTENT_LENGTH;
+use http::{Request, Response};
+use http_body::Body;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::BoxError;
+
+use crate::classify::RequestInfo;
+use crate::deadline::{LatencyEstimate, NoEstimate, SharedLatency};
+use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
+
+/// A hint for the balancer, shared by the attempts of one hedged request: the endpoint the first
+/// attempt went to, which the hedge may avoid.
+#[derive(Clone, Debug, Default)]
+pub struct AvoidEndpoint(Arc<OnceLock<SocketAddr>>);
+
+// === impl AvoidEndpoint ===
+
+impl AvoidEndpoint {
+    /// Records the endpoint chosen for an attempt. Only the first record counts; returns whether
+    /// this one did.
+    pub fn record(&self, endpoint: SocketAddr) -> bool {
+        self.0.set(endpoint).is_ok()
+    }
+
+    /// The endpoint to avoid, once an attempt has recorded one.
+    pub fn avoided(&self) -> Option<SocketAddr> {
+        self.0.get().copied()
+    }
+}
+
+/// When the hedge is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HedgeDelay {
+    /// After a fixed delay.
+    Fixed(Duration),
+    /// After the endpoint set's observed p95 ([`LatencyEstimate::p95`]), but never sooner than
+    /// `min`; `fallback` while no estimate is known.
+    P95 {
+        /// The shortest delay, whatever the estimate (guards against hedging everything).
+        min: Duration,
+        /// The delay while the estimate is unknown.
+        fallback: Duration,
+    },
+}
+
+/// A request extension that turns hedging off for this request (e.g. set by the router for a route
+/// without a hedging policy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoHedge;
+
+/// Configuration of [`Hedge`]. `Default`: enabled, after the p95 (at least 10 ms; 100 ms while
+/// unknown), 64 KiB body limit, deposits each request into the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HedgeConfig {
+    /// Whether requests are hedged unless they say otherwise. When `false`, only requests that
+    /// carry a [`HedgeDelay`] extension (a route's hedging policy) are hedged. A [`NoHedge`]
+    /// extension always turns hedging off.
+    pub enabled: bool,
+    /// When to hedge (a [`HedgeDelay`] request extension overrides it for that request).
+    pub delay: HedgeDelay,
+    /// Request bodies up to this size are buffered and can be hedged.
+    pub buffer_limit: usize,
+    /// Whether each request deposits into the budget. Set `false` when the layer sits under a
+    /// [`crate::retry::Retry`] that shares the same budget (it deposits already).
+    pub deposit: bool,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delay: HedgeDelay::P95 {
+                min: Duration::from_millis(10),
+                fallback: Duration::from_millis(100),
+            },
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+            deposit: true,
+        }
+    }
+}
+
+/// An invalid [`HedgeConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("hedge delay {0:?} must be greater than zero")]
+pub struct HedgeConfigError(pub Duration);
+
+// === impl HedgeConfig ===
+
+impl HedgeConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), HedgeConfigError> {
+        match self.delay {
+            HedgeDelay::Fixed(d) | HedgeDelay::P95 { fallback: d, .. } if d.is_zero() => {
+                Err(HedgeConfigError(d))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn delay(&self, delay: HedgeDelay, latency: &dyn LatencyEstimate) -> Duration {
+        match delay {
+            HedgeDelay::Fixed(d) => d,
+            HedgeDelay::P95 { min, fallback } => latency.p95().map_or(fallback, |p| p.max(min)),
+        }
+    }
+}
+
+/// Hedging counters (cheap to clone; clones share the counts).
+#[derive(Clone, Debug, Default)]
+pub struct HedgeStats(Arc<StatsInner>);
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    hedges: AtomicU64,
+    hedge_wins: AtomicU64,
+    budget_exhausted: AtomicU64,
+}
+
+// === impl HedgeStats ===
+
+impl HedgeStats {
+    /// Hedges sent.
+    pub fn hedges(&self) -> u64 {
+        self.0.hedges.load(Ordering::Relaxed)
+    }
+    /// Hedges that answered first.
+    pub fn hedge_wins(&self) -> u64 {
+        self.0.hedge_wins.load(Ordering::Relaxed)
+    }
+    /// Hedges not sent because the budget was spent.
+    pub fn budget_exhausted(&self) -> u64 {
+        self.0.budget_exhausted.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: HedgeConfig,
+    budget: Budget,
+    latency: SharedLatency,
+    stats: HedgeStats,
+}
+
+/// The hedging middleware (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct Hedge<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The [`Hedge`] layer.
+#[derive(Clone, Debug)]
+pub struct HedgeLayer {
+    shared: Arc<Shared>,
+}
+
+// === impl HedgeLayer ===
+
+impl HedgeLayer {
+    /// Uses this latency estimate for [`HedgeDelay::P95`] (default: none, so the fallback).
+    pub fn latency(self, latency: SharedLatency) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config: self.shared.config,
+                budget: self.shared.budget.clone(),
+                latency,
+                stats: self.shared.stats.clone(),
+            }),
+        }
+    }
+
+    /// The counters of the services this layer makes.
+    pub fn stats(&self) -> HedgeStats {
+        self.shared.stats.clone()
+    }
+}
+
+impl<S> tower::Layer<S> for HedgeLayer {
+    type Service = Hedge<S>;
+
+    fn layer(&self, inner: S) -> Hedge<S> {
+        Hedge {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl Hedge ===
+
+impl Hedge<()> {
+    /// The layer, charging hedges to `budget` (share it with the retry layer).
+    pub fn layer(config: HedgeConfig, budget: Budget) -> HedgeLayer {
+        HedgeLayer {
+            shared: Arc::new(Shared {
+                config,
+                budget,
+                latency: Arc::new(NoEstimate),
+                stats: HedgeStats::default(),
+            }),
+        }
+    }
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Hedge<S>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let spare = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, spare.clone());
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            if shared.config.deposit {
+                shared.budget.deposit();
+            }
+            let (mut parts, body) = req.into_parts();
+            let once = |parts, body| {
+                Request::from_parts(
+                    parts,
+                    ReplayBody::Streaming {
+                        prefix: None,
+                        inner: body,
+                    },
+                )
+            };
+            let delay = match parts.extensions.get::<HedgeDelay>() {
+                _ if parts.extensions.get::<NoHedge>().is_some() => None,
+                Some(d) => Some(*d),
+                None => shared.config.enabled.then_some(shared.config.delay),
+            };
+            let Some(delay) = delay else {
+                return attempt(ready, once(parts, body), None).await;
+            };
+            if !RequestInfo::new(&parts.method, &parts.headers).idempotent {
+                return attempt(ready, once(parts, body), None).await;
+            }
+            let content_length = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let replay = match ReplayBody::prepare(body, content_length, shared.config.buffer_limit)
+                .await
+                .map_err(Into::into)?
+            {
+                Prepared::Replayable(replay) => replay,
+                Prepared::Once(body) => {
+                    return attempt(ready, Request::from_parts(parts, body), None).await
+                }
+            };
+            parts.extensions.insert(AvoidEndpoint::default());
+            let first_req = Request::from_parts(parts.clone(), replay.body());
+            let mut first = Box::pin(attempt(ready, first_req, None));
+            let delay = shared.config.delay(delay, &*shared.latency);
+            let sleep = Box::pin(tokio::time::sleep(delay));
+            let first = match future::select(first.as_mut(), sleep).await {
+                Either::Left((result, _)) => return result,
+                Either::Right(((), _)) => first,
+            };
+            if !shared.budget.withdraw() {
+                shared
+                    .stats
+                    .0
+                    .budget_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+                return first.await;
+            }
+            shared.stats.0.hedges.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?delay, "hedging");
+            let second = Box::pin(attempt(
+                spare,
+                Request::from_parts(parts, replay.body()),
+                None,
+            ));
+            match future::select(first, second).await {
+                Either::Left((Err(_), second)) => second.await,
+                Either::Left((ok, _)) => ok,
+                Either::Right((Err(_), first)) => first.await,
+                Either::Right((ok, _)) => {
+                    shared.stats.0.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                    ok
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::deadline::FixedLatency;
+    use crate::retry::BudgetConfig;
+    use bytes::Bytes;
+    use http::Method;
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use tokio::time::Instant;
+    use tower::{Layer, ServiceExt};
+
+    /// Sets a flag when dropped: detects cancelled attempts.
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Backend {
+        calls: Arc<AtomicUsize>,
+        first_dropped: Arc<AtomicBool>,
+        avoided: Arc<std::sync::Mutex<Vec<Option<SocketAddr>>>>,
+    }
+
+    impl Backend {
+        /// The first call takes `first`, the others 10 ms.
+        fn service(
+            &self,
+            first: Duration,
+        ) -> impl tower::Service<
+            Request<ReplayBody<Full<Bytes>>>,
+            Response = Response<u32>,
+            Error = std::convert::Infallible,
+            Future = impl std::future::Future<
+                Output = Result<Response<u32>, std::convert::Infallible>,
+            > + Send,
+        > + Clone
+               + Send
+               + 'static {
+            let this = self.clone();
+            tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+                let this = this.clone();
+                async move {
+                    let n = this.calls.fetch_add(1, Ordering::SeqCst);
+                    // Play the balancer: record the endpoint of the first attempt.
+                    let hint = req.extensions().get::<AvoidEndpoint>().cloned();
+                    this.avoided
+                        .lock()
+                        .unwrap()
+                        .push(hint.as_ref().and_then(AvoidEndpoint::avoided));
+                    if let Some(h) = hint {
+                        h.record(SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16)));
+                    }
+                    let _flag = (n == 0).then(|| DropFlag(this.first_dropped.clone()));
+                    let wait = if n == 0 {
+                        first
+                    } else {
+                        Duration::from_millis(10)
+                    };
+                    tokio::time::sleep(wait).await;
+                    Ok(Response::new(n as u32))
+                }
+            })
+        }
+    }
+
+    fn budget(min_per_sec: u32, ratio: f64) -> Budget {
+        Budget::new(BudgetConfig {
+            min_per_sec,
+            ratio,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn fixed(ms: u64) -> HedgeConfig {
+        HedgeConfig {
+            delay: HedgeDelay::Fixed(Duration::from_millis(ms)),
+            ..Default::default()
+        }
+    }
+
+    fn request(method: Method) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .body(Full::new(Bytes::from_static(b"q")))
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_first_attempt_is_hedged_and_cancelled() {
+        let backend = Backend::default();
+        let layer = Hedge::layer(fixed(50), budget(10, 0.2));
+        let stats = layer.stats();
+        let svc = layer.layer(backend.service(Duration::from_secs(5)));
+        let start = Instant::now();
+        let rsp = svc.oneshot(request(Method::GET)).await.unwrap();
+        assert_eq!(*rsp.body(), 1, "the hedge answered");
+        assert_eq!(start.elapsed(), Duration::from_millis(60));
+        assert_eq!((stats.hedges(), stats.hedge_wins()), (1, 1));
+        assert!(
+            backend.first_dropped.load(Ordering::SeqCst),
+            "the slow attempt was cancelled"
+        );
+        let avoided = backend.avoided.lock().unwrap().clone();
+        assert_eq!(
+            avoided,
+            vec![None, Some(SocketAddr::from(([127, 0, 0, 1], 1000)))]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_first_attempt_is_not_hedged() {
+        let backend = Backend::default();
+        let layer = Hedge::layer(fixed(50), budget(10, 0.2));
+        let stats = layer.stats();
+        let rsp = layer
+            .layer(backend.service(Duration::from_millis(20)))
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(*rsp.body(), 0);
+        assert_eq!(stats.hedges(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_idempotent_requests_are_not_hedged() {
+        let backend = Backend::default();
+        let layer = Hedge::layer(fixed(50), budget(10, 0.2));
+        let stats = layer.stats();
+        let start = Instant::now();
+        let rsp = layer
+            .layer(backend.service(Duration::from_secs(1)))
+            .oneshot(request(Method::POST))
+            .await
+            .unwrap();
+        assert_eq!(*rsp.body(), 0);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(stats.hedges(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_are_charged_to_the_budget() {
+        let backend = Backend::default();
+        let layer = Hedge::layer(fixed(50), budget(0, 0.0));
+        let stats = layer.stats();
+        let rsp = layer
+            .layer(backend.service(Duration::from_millis(200)))
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(*rsp.body(), 0);
+        assert_eq!((stats.hedges(), stats.budget_exhausted()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p95_sets_the_delay() {
+        let backend = Backend::default();
+        let config = HedgeConfig::default();
+        let layer = Hedge::layer(config, budget(10, 0.2)).latency(Arc::new(FixedLatency {
+            median: Some(Duration::from_millis(20)),
+            p95: Some(Duration::from_millis(80)),
+        }));
+        let start = Instant::now();
+        let rsp = layer
+            .layer(backend.service(Duration::from_secs(5)))
+            .oneshot(request(Method::PUT))
+            .await
+            .unwrap();
+        assert_eq!(*rsp.body(), 1);
+        assert_eq!(start.elapsed(), Duration::from_millis(90));
+        assert_eq!(
+            config.delay(config.delay, &NoEstimate),
+            Duration::from_millis(100),
+            "fallback"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_opt_in_and_out_by_extension() {
+        // Off by default; a route's HedgeDelay turns it on for its requests.
+        let backend = Backend::default();
+        let config = HedgeConfig {
+            enabled: false,
+            ..fixed(50)
+        };
+        let layer = Hedge::layer(config, budget(10, 0.2));
+        let stats = layer.stats();
+        let svc = layer.layer(backend.service(Duration::from_secs(5)));
+        let mut req = request(Method::GET);
+        req.extensions_mut()
+            .insert(HedgeDelay::Fixed(Duration::from_millis(20)));
+        let rsp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(*rsp.body(), 1);
+        assert_eq!(stats.hedges(), 1);
+        // On by default; NoHedge turns it off.
+        let backend = Backend::default();
+        let layer = Hedge::layer(fixed(50), budget(10, 0.2));
+        let stats = layer.stats();
+        let mut req = request(Method::GET);
+        req.extensions_mut().insert(NoHedge);
+        let rsp = layer
+            .layer(backend.service(Duration::from_millis(200)))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(*rsp.body(), 0);
+        assert_eq!(stats.hedges(), 0);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(HedgeConfig::default().validate().is_ok());
+        assert!(fixed(0).validate().is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! The retry budget: retries may add at most a ratio of recent requests, plus a floor.
+//!
+//! ## Why budgets and not max retries?
+//!
+//! A fixed "retry up to 3 times" multiplies load by 4 exactly when a service is failing, which
+//! turns a partial outage into a full one (a retry storm). A budget bounds the *extra* load instead:
+//! over a sliding window (10 s), retries may be at most `ratio` (20 %) of the requests plus a floor of
+//! `min_per_sec` (10) per second of window, so that low-traffic clients can still retry. These are
+//! Finagle's `RetryBudget(ttl = 10.seconds, minRetriesPerSec = 10, percentCanRetry = 0.2)`.
+//!
+//! ## Exact fractions
+//!
+//! tower's `TpsBudget` keeps deposits as whole numbers and truncates fractional ratios
+//! (tower#857): with ratio 0.25, four requests should buy exactly one retry. Here every request
+//! deposits `ratio × 1 000 000` micro-tokens (rounded once, when the budget is built) and a retry
+//! withdraws 1 000 000, so the arithmetic is exact integer arithmetic for any ratio with six or fewer
+//! decimals.
+//!
+//! ## Concurrency
+//!
+//! The window is a ring of slots (default 10 slots of 1 s); each holds atomic deposit and withdrawal
+//! counters stamped with the epoch (slot number since the budget's creation) they count. No lock:
+//! a request touches one slot with a couple of atomic operations; a withdrawal sums the ring. A
+//! withdrawal is added first and undone if it overdraws, so concurrent withdrawals can be refused
+//! spuriously at the edge but can never overspend. When a slot is recycled for a new epoch, a deposit
+//! racing the reset may be lost; the budget errs towards fewer retries.
+//!
+//! ```
+//! use mesh_core::retry::{Budget, BudgetConfig};
+//!
+//! let budget = Budget::new(BudgetConfig { min_per_sec: 0, ratio: 0.25, ..Default::default() }).unwrap();
+//! for _ in 0..4 { budget.deposit(); }
+//! assert!(budget.withdraw());
+//! assert!(!budget.withdraw());
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Micro-tokens per retry.
+const SCALE: u64 = 1_000_000;
+
+/// Configuration of a [`Budget`]. `Default` = Finagle's: 10 s window, 10 retries/s floor, 20 %.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetConfig {
+    /// How long a request's deposit counts (Finagle's `ttl`).
+    pub window: Duration,
+    /// Retries per second of window always allowed, whatever the traffic (`minRetriesPerSec`).
+    pub min_per_sec: u32,
+    /// Retries allowed per request (`percentCanRetry`), in `0.0..=1000.0`.
+    pub ratio: f64,
+    /// Number of slots the window is divided into (the window slides in steps of
+    /// `window / slots`).
+    pub slots: u32,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            min_per_sec: 10,
+            ratio: 0.2,
+            slots: 10,
+        }
+    }
+}
+
+/// An invalid [`BudgetConfig`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BudgetConfigError {
+    /// The window must be at least 1 ms per slot.
+    #[error("window {window:?} must be at least 1ms per slot ({slots} slots)")]
+    Window {
+        /// The window.
+        window: Duration,
+        /// The slots.
+        slots: u32,
+    },
+    /// The ratio must be finite, in `0.0..=1000.0`.
+    #[error("ratio {0} must be a finite number in 0.0..=1000.0")]
+    Ratio(f64),
+    /// Slots must be in `1..=1000`.
+    #[error("slots {0} must be in 1..=1000")]
+    Slots(u32),
+}
+
+// === impl BudgetConfig ===
+
+impl BudgetConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), BudgetConfigError> {
+        if !(1..=1000).contains(&self.slots) {
+            return Err(BudgetConfigError::Slots(self.slots));
+        }
+        if !self.ratio.is_finite() || !(0.0..=1000.0).contains(&self.ratio) {
+            return Err(BudgetConfigError::Ratio(self.ratio));
+        }
+        if self.window < Duration::from_millis(u64::from(self.slots)) {
+            return Err(BudgetConfigError::Window {
+                window: self.window,
+                slots: self.slots,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    epoch: AtomicU64,
+    deposits: AtomicU64,
+    withdrawals: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    start: Instant,
+    slot_ns: u64,
+    slots: Box<[Slot]>,
+    deposit: u64,
+    reserve: u64,
+}
+
+/// A retry budget shared by the clones of a retry (and hedge) layer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Budget(Arc<Inner>);
+
+// === impl Budget ===
+
+impl Budget {
+    /// A budget with the given configuration.
+    pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        config.validate()?;
+        let slots = u64::from(config.slots);
+        let window_ns = u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX);
+        // Rounded once; exact for ratios with up to six decimals. Bounded by validate().
+        let deposit = (config.ratio * SCALE as f64).round() as u64;
+        let window_secs = config.window.as_secs_f64();
+        let reserve = (f64::from(config.min_per_sec) * window_secs * SCALE as f64).round() as u64;
+        Ok(Self(Arc::new(Inner {
+            start: Instant::now(),
+            slot_ns: (window_ns / slots).max(1),
+            // Epoch 0 is the first real epoch; mark every slot stale with u64::MAX.
+            slots: (0..slots)
+                .map(|_| Slot {
+                    epoch: AtomicU64::new(u64::MAX),
+                    ..Slot::default()
+                })
+                .collect(),
+            deposit,
+            reserve,
+        })))
+    }
+
+    fn epoch(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.0.start);
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.0.slot_ns
+    }
+
+    /// The slot for the current epoch, recycled if it held an older one.
+    fn current(&self, epoch: u64) -> &Slot {
+        let n = self.0.slots.len() as u64;
+        let slot = &self.0.slots[(epoch % n) as usize];
+        let seen = slot.epoch.load(Ordering::Acquire);
+        if seen != epoch
+            && slot
+                .epoch
+                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.deposits.store(0, Ordering::Release);
+            slot.withdrawals.store(0, Ordering::Release);
+        }
+        slot
+    }
+
+    /// Records a request (every original request deposits; retries do not).
+    pub fn deposit(&self) {
+        let epoch = self.epoch();
+        self.current(epoch)
+            .deposits
+            .fetch_add(self.0.deposit, Ordering::AcqRel);
+    }
+
+    /// The balance in micro-tokens: reserve + deposits − withdrawals over the window.
+    fn balance(&self, epoch: u64) -> i128 {
+        let n = self.0.slots.len() as u64;
+        let mut balance = i128::from(self.0.reserve);
+        for slot in self.0.slots.iter() {
+            let e = slot.epoch.load(Ordering::Acquire);
+            if e <= epoch && epoch - e < n {
+                balance += i128::from(slot.deposits.load(Ordering::Acquire));
+                balance -= i128::from(slot.withdrawals.load(Ordering::Acquire));
+            }
+        }
+        balance
+    }
+
+    /// Tries to spend one retry; `false` when the budget is exhausted.
+    pub fn withdraw(&self) -> bool {
+        let epoch = self.epoch();
+        let slot = self.current(epoch);
+        slot.withdrawals.fetch_add(SCALE, Ordering::AcqRel);
+        if self.balance(epoch) >= 0 {
+            true
+        } else {
+            slot.withdrawals.fetch_sub(SCALE, Ordering::AcqRel);
+            false
+        }
+    }
+
+    /// Whole retries available now.
+    pub fn available(&self) -> u64 {
+        let b = self.balance(self.epoch());
+        u64::try_from(b.max(0) / i128::from(SCALE)).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn budget(min_per_sec: u32, ratio: f64) -> Budget {
+        Budget::new(BudgetConfig {
+            min_per_sec,
+            ratio,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fractional_ratio_is_exact() {
+        let b = budget(0, 0.25);
+        for _ in 0..3 {
+            b.deposit();
+        }
+        assert!(!b.withdraw(), "3 × 0.25 is less than one retry");
+        b.deposit();
+        assert!(b.withdraw(), "4 × 0.25 is exactly one retry");
+        assert!(!b.withdraw());
+
+        let b = budget(0, 0.1);
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert!(b.withdraw(), "10 × 0.1 is exactly one retry");
+        assert!(!b.withdraw());
+
+        let b = budget(0, 1.5);
+        for _ in 0..2 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn floor_allows_retries_without_traffic() {
+        let b = budget(10, 0.2);
+        assert_eq!(b.available(), 100, "10/s over a 10 s window");
+        for _ in 0..100 {
+            assert!(b.withdraw());
+        }
+        assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_expire_with_the_window() {
+        let b = budget(0, 0.5);
+        for _ in 0..4 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 2);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.deposit();
+        b.deposit();
+        assert_eq!(b.available(), 3);
+        tokio::time::advance(Duration::from_millis(5500)).await;
+        // The first four deposits are older than the window now.
+        assert_eq!(b.available(), 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(b.available(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn withdrawals_expire_too() {
+        let b = budget(1, 0.0);
+        assert_eq!(b.available(), 10);
+        for _ in 0..10 {
+            assert!(b.withdraw());
+        }
+        assert!(!b.withdraw());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(b.available(), 10);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let bad = |c: BudgetConfig| Budget::new(c).unwrap_err().to_string();
+        assert_eq!(
+            bad(BudgetConfig {
+                ratio: f64::NAN,
+                ..Default::default()
+            }),
+            "ratio NaN must be a finite number in 0.0..=1000.0"
+        );
+        assert_eq!(
+            bad(BudgetConfig {
+                slots: 0,
+                ..Default::default()
+            }),
+            "slots 0 must be in 1..=1000"
+        );
+        assert!(bad(BudgetConfig {
+            window: Duration::ZERO,
+            ..Default::default()
+        })
+        .starts_with("window 0ns"));
+    }
+}

@@ -1,0 +1,440 @@
+//! Retries under a budget.
+//!
+//! The [`Retry`] layer resends a request whose response (or error) the shared [`Classify`] calls a
+//! [`Class::RetryableFailure`], when all of these hold:
+//!
+//! - the body was buffered ([`ReplayBody`]; ≤ 64 KiB by default) — a streaming body goes once;
+//! - the [`Budget`] has a retry to spend (Finagle's 20 % + 10/s over 10 s; see [`budget`]);
+//! - the request's [`Deadline`], if any, leaves more time than the endpoint set's median latency
+//!   plus the backoff wait (DESIGN.md: no retry starts when it cannot finish in time);
+//! - fewer than [`RetryConfig::max_retries`] retries were made (a guard against loops; the budget
+//!   is the real limit);
+//! - the request does not carry the [`NoRetry`] extension.
+//!
+//! A [`ClassifyOverride`](crate::classify::ClassifyOverride) request extension (the route's
+//! classifier) replaces the layer's classifier for that request.
+//!
+//! Between attempts it waits a decorrelated-jitter [`Backoff`] (25 ms base). Each attempt may have a
+//! per-try timeout (an attempt that times out is classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), retryable
+//! for idempotent methods under the default preset). Before a retry the deadline headers are
+//! rewritten with the time then left ([`crate::deadline::propagate`]).
+//!
+//! Classification happens on the response head: a gRPC response whose status arrives only in the
+//! trailers is not retried (the body has been streaming to the caller by then); trailers-only gRPC
+//! responses (`grpc-status` in the headers, how servers answer UNAVAILABLE) are.
+//!
+//! Responses the mesh made itself carry their [`crate::error::Error`] as an extension: a full
+//! pending queue ([`crate::shed::Shed`]) is never retried; an endpoint's concurrency cap is retried
+//! for any method (the request never reached the endpoint).
+//!
+//! Counters ([`RetryStats`]) are atomics, ready for the metrics layer.
+//!
+//! The layer's error type is `tower::BoxError`; the inner service sees requests with a
+//! [`ReplayBody`] body. The request body must be `Unpin` (hyper's `Incoming` and boxed bodies are).
+//!
+//! ```
+//! use mesh_core::retry::{Budget, BudgetConfig, Retry, RetryConfig};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! tokio::time::pause();
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let c = calls.clone();
+//! let backend = service_fn(move |_req: http::Request<_>| {
+//!     let n = c.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         let status = if n == 0 { 503 } else { 200 };
+//!         let mut rsp = http::Response::new(());
+//!         *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+//!         Ok::<_, std::convert::Infallible>(rsp)
+//!     }
+//! });
+//! let layer = Retry::layer(RetryConfig::default(), Budget::new(BudgetConfig::default()).unwrap());
+//! let stats = layer.stats();
+//! let svc = tower::Layer::layer(&layer, backend);
+//! let rsp = svc.oneshot(http::Request::new(Full::new(Bytes::from_static(b"hi")))).await.unwrap();
+//! assert_eq!(rsp.status(), 200);
+//! assert_eq!(stats.retries(), 1);
+//! # }
+//! ```
+
+mod backoff;
+mod body;
+pub mod budget;
+
+pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
+pub use body::{Prepared, Replay, ReplayBody, DEFAULT_BUFFER_LIMIT};
+pub use budget::{Budget, BudgetConfig, BudgetConfigError};
+
+use futures_util::future::BoxFuture;
+use http::header::CONTENT_LENGTH;
+use http::{Request, Response};
+use http_body::Body;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{BoxError, ServiceExt};
+
+use crate::classify::classifier_for;
+use crate::classify::{
+    default_error_kind, Class, Classifier, Classify, ErrorInspector, HeadClass, RequestInfo,
+    SharedClassify,
+};
+use crate::deadline::{Deadline, NoEstimate, SharedLatency};
+
+/// A request extension that turns retries off for this request (e.g. set by the router for a
+/// route whose policy disables them). The request still deposits into the budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoRetry;
+
+/// Configuration of the [`Retry`] layer. `Default`: 3 retries at most, 64 KiB buffer, 25 ms–1 s
+/// backoff, no per-try timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Retries per request at most (the budget usually stops them first).
+    pub max_retries: u32,
+    /// Request bodies up to this size are buffered and can be retried.
+    pub buffer_limit: usize,
+    /// The backoff between attempts.
+    pub backoff: BackoffConfig,
+    /// The timeout of each attempt (none by default; the request's deadline still applies).
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+            backoff: BackoffConfig::default(),
+            per_try_timeout: None,
+        }
+    }
+}
+
+/// An invalid [`RetryConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RetryConfigError {
+    /// The backoff is invalid.
+    #[error("retry backoff: {0}")]
+    Backoff(#[from] BackoffConfigError),
+    /// A zero per-try timeout would fail every attempt.
+    #[error("per_try_timeout must be greater than zero, got {0:?}")]
+    PerTryTimeout(Duration),
+}
+
+// === impl RetryConfig ===
+
+impl RetryConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), RetryConfigError> {
+        self.backoff.validate()?;
+        match self.per_try_timeout {
+            Some(t) if t.is_zero() => Err(RetryConfigError::PerTryTimeout(t)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Retry counters (cheap to clone; clones share the counts).
+#[derive(Clone, Debug, Default)]
+pub struct RetryStats(Arc<StatsInner>);
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+    not_replayable: AtomicU64,
+    deadline_skipped: AtomicU64,
+    limit_reached: AtomicU64,
+}
+
+// === impl RetryStats ===
+
+impl RetryStats {
+    /// Original requests seen.
+    pub fn requests(&self) -> u64 {
+        self.0.requests.load(Ordering::Relaxed)
+    }
+    /// Retries sent.
+    pub fn retries(&self) -> u64 {
+        self.0.retries.load(Ordering::Relaxed)
+    }
+    /// Retryable failures not retried because the budget was spent.
+    pub fn budget_exhausted(&self) -> u64 {
+        self.0.budget_exhausted.load(Ordering::Relaxed)
+    }
+    /// Retryable failures not retried because the body streamed (not buffered).
+    pub fn not_replayable(&self) -> u64 {
+        self.0.not_replayable.load(Ordering::Relaxed)
+    }
+    /// Retryable failures not retried because the deadline left too little time.
+    pub fn deadline_skipped(&self) -> u64 {
+        self.0.deadline_skipped.load(Ordering::Relaxed)
+    }
+    /// Retryable failures not retried because `max_retries` was reached.
+    pub fn limit_reached(&self) -> u64 {
+        self.0.limit_reached.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: RetryConfig,
+    budget: Budget,
+    classify: SharedClassify,
+    latency: SharedLatency,
+    inspect: ErrorInspector,
+    stats: RetryStats,
+}
+
+/// The retry middleware (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The [`Retry`] layer; built by [`Retry::layer`], refined with its builder methods.
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+// === impl RetryLayer ===
+
+impl RetryLayer {
+    fn map(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
+            config: arc.config,
+            budget: arc.budget.clone(),
+            classify: arc.classify.clone(),
+            latency: arc.latency.clone(),
+            inspect: arc.inspect,
+            stats: arc.stats.clone(),
+        });
+        f(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Uses this classifier (default: [`Classifier::default`], `retryable-idempotent-5xx`).
+    pub fn classify(self, classify: SharedClassify) -> Self {
+        self.map(|s| s.classify = classify)
+    }
+
+    /// Uses this latency estimate for the deadline check (default: none, no check).
+    pub fn latency(self, latency: SharedLatency) -> Self {
+        self.map(|s| s.latency = latency)
+    }
+
+    /// Uses this error inspector (default: [`default_error_kind`]).
+    pub fn error_inspector(self, inspect: ErrorInspector) -> Self {
+        self.map(|s| s.inspect = inspect)
+    }
+
+    /// Counts into these stats (default: fresh ones, see [`RetryLayer::stats`]).
+    pub fn with_stats(self, stats: RetryStats) -> Self {
+        self.map(|s| s.stats = stats)
+    }
+
+    /// The counters of the services this layer makes.
+    pub fn stats(&self) -> RetryStats {
+        self.shared.stats.clone()
+    }
+}
+
+impl<S> tower::Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl Retry ===
+
+impl Retry<()> {
+    /// The layer, with the default classifier, no latency estimate and fresh stats. The budget is
+    /// passed in so that several layers (routes, hedging) can share one.
+    pub fn layer(config: RetryConfig, budget: Budget) -> RetryLayer {
+        RetryLayer {
+            shared: Arc::new(Shared {
+                config,
+                budget,
+                classify: Classifier::default().shared(),
+                latency: Arc::new(NoEstimate),
+                inspect: default_error_kind,
+                stats: RetryStats::default(),
+            }),
+        }
+    }
+}
+
+/// Why a retryable failure was not retried, if it was not.
+fn may_retry(shared: &Shared, retries: u32, deadline: Option<Deadline>, wait: Duration) -> bool {
+    let stats = &shared.stats.0;
+    if retries >= shared.config.max_retries {
+        stats.limit_reached.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    if let Some(d) = deadline {
+        let needed = shared.latency.median().unwrap_or(Duration::ZERO) + wait;
+        if d.remaining() <= needed {
+            stats.deadline_skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    }
+    if !shared.budget.withdraw() {
+        stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Classifies one attempt's outcome by its head or error.
+pub(crate) fn classify_outcome<RB>(
+    classify: &dyn Classify,
+    inspect: ErrorInspector,
+    info: RequestInfo,
+    result: &Result<Response<RB>, BoxError>,
+) -> Class {
+    match result {
+        Ok(rsp) => match rsp.extensions().get::<crate::error::Error>() {
+            // The whole service is saturated: a retry would only add load (as Envoy does not
+            // retry its `x-envoy-overloaded` responses).
+            Some(crate::error::Error::PendingQueueFull(_)) => Class::Failure,
+            // One endpoint was at its cap: the request never reached it, so another attempt (the
+            // balancer chooses again) is safe for any method.
+            Some(crate::error::Error::ConcurrencyCapReached(_)) => Class::RetryableFailure,
+            _ => match classify.classify_head(info, rsp.status(), rsp.headers()) {
+                HeadClass::Done(class) => class,
+                // Decided by trailers; the body streams to the caller, so no retry.
+                HeadClass::AwaitEos => Class::Success,
+            },
+        },
+        Err(e) => classify.classify_error(info, inspect(&**e)),
+    }
+}
+
+/// Sends one attempt, with the per-try timeout.
+pub(crate) async fn attempt<S, Req, RB>(
+    svc: S,
+    req: Req,
+    per_try_timeout: Option<Duration>,
+) -> Result<Response<RB>, BoxError>
+where
+    S: tower::Service<Req, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    let fut = svc.oneshot(req);
+    match per_try_timeout {
+        None => fut.await.map_err(Into::into),
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(Box::new(crate::error::Error::PerTryTimeout(t))),
+        },
+    }
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Retry<S>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The first attempt uses the service that was made ready; retries use clones.
+        let spare = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, spare.clone());
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let stats = &shared.stats.0;
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            shared.budget.deposit();
+            let info = RequestInfo::of(&req);
+            let (mut parts, body) = req.into_parts();
+            if parts.extensions.get::<NoRetry>().is_some() {
+                let req = Request::from_parts(
+                    parts,
+                    ReplayBody::Streaming {
+                        prefix: None,
+                        inner: body,
+                    },
+                );
+                return attempt(ready, req, shared.config.per_try_timeout).await;
+            }
+            let classify = classifier_for(&parts.extensions, &shared.classify);
+            let content_length = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let prepared = ReplayBody::prepare(body, content_length, shared.config.buffer_limit)
+                .await
+                .map_err(Into::into)?;
+            let per_try = shared.config.per_try_timeout;
+            let replay = match prepared {
+                body::Prepared::Replayable(replay) => replay,
+                body::Prepared::Once(body) => {
+                    let req = Request::from_parts(parts, body);
+                    let result = attempt(ready, req, per_try).await;
+                    if classify_outcome(&*classify, shared.inspect, info, &result).is_retryable() {
+                        stats.not_replayable.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return result;
+                }
+            };
+            let deadline = parts.extensions.get::<Deadline>().copied();
+            let mut backoff = Backoff::new(shared.config.backoff);
+            let req = Request::from_parts(parts.clone(), replay.body());
+            let mut result = attempt(ready, req, per_try).await;
+            let mut retries = 0;
+            loop {
+                let class = classify_outcome(&*classify, shared.inspect, info, &result);
+                if !class.is_retryable() {
+                    return result;
+                }
+                let wait = backoff.next_wait();
+                if !may_retry(&shared, retries, deadline, wait) {
+                    return result;
+                }
+                // Release the failed response (and its connection stream) before waiting.
+                drop(result);
+                retries += 1;
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(retries, ?wait, "retrying");
+                tokio::time::sleep(wait).await;
+                if let Some(d) = deadline {
+                    crate::deadline::propagate(&mut parts.headers, d);
+                }
+                let req = Request::from_parts(parts.clone(), replay.body());
+                result = attempt(spare.clone(), req, per_try).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
