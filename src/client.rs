@@ -1,19 +1,43 @@
 //! The meshwork client: a discovery source and hyper-util's pooled client, turned into one
-//! `tower::Service<http::Request<B>>` that balances each request over the service's endpoints.
+//! `tower::Service<http::Request<B>>` that balances each request over the service's endpoints,
+//! with deadlines, budgeted retries, optional hedging, load shedding and circuit breaking.
 //!
 //! # Shape
 //!
+//! The builder stacks the layers in DESIGN.md's order:
+//!
+//! ```text
+//! request ─▶ deadline ─▶ retry (budget, classify) ─▶ hedge (optional) ─▶ shed (pending cap)
+//!         ─▶ balancer: P2C over peak-EWMA cost
+//!         ─▶ per endpoint: breaker ─▶ concurrency cap ─▶ [mTLS] connect ─▶ hyper pool ─▶ network
+//! ```
+//!
 //! For every endpoint that discovery reports, the client builds **one hyper-util client of its own**
 //! (its own connection pool, dialing only that endpoint's address through an
-//! [`EndpointConnector`](crate::connect::EndpointConnector)), and hands it to the
-//! [`mesh_balance::Balance`] with the endpoint's weight and a [`Health`] handle. The balancer picks an
-//! endpoint per request by power of two choices over peak-EWMA cost (DESIGN.md, "Balancing"). The
-//! request keeps its logical `Host` / `:authority`: only the TCP connection goes to the endpoint.
-//! Per-endpoint clients are kept across discovery updates of the same address, so a weight change
-//! does not drop the endpoint's warm connections.
+//! [`EndpointConnector`]), wraps it in that endpoint's circuit breaker and concurrency cap, and hands
+//! it to the [`mesh_balance::Balance`] with the endpoint's weight and the breaker's [`Health`]
+//! handle. The request keeps its logical `Host` / `:authority`: only the TCP connection goes to the
+//! endpoint. Per-endpoint services are kept across discovery updates of the same address, so a weight
+//! change does not drop the endpoint's warm connections (or its breaker state).
 //!
-//! A response with a 5xx status, or a request that failed in the transport, is charged to its
-//! endpoint as a failure, so an endpoint that fails fast does not look fast to the balancer.
+//! # Defaults
+//!
+//! | layer | default | set with |
+//! |---|---|---|
+//! | deadline | honour `grpc-timeout`, `l5d-ctx-deadline`, `x-envoy-expected-rq-timeout-ms`; no timeout of its own | [`ClientBuilder::deadline`] |
+//! | classification | `retryable-idempotent-5xx`, gRPC UNAVAILABLE retryable | [`ClientBuilder::classify`] |
+//! | retries | on; budget 20 % + 10/s over 10 s (Finagle); bodies ≤ 64 KiB replayable | [`ClientBuilder::retry`], [`ClientBuilder::budget`] |
+//! | hedging | off; when on, after the set's observed p95 | [`ClientBuilder::hedge`] |
+//! | shedding | 1,024 pending requests, 1,024 in flight (Envoy) | [`ClientBuilder::shed`] |
+//! | balancer | P2C peak-EWMA, 30 ms default RTT, 10 s decay, 3 s failfast | [`ClientBuilder::balance`] |
+//! | breaker | 7 consecutive failures or < 80 % success over 10 s; 1 s → 60 s ejection | [`ClientBuilder::breaker`] |
+//! | endpoint concurrency cap | 1,024 | [`ClientBuilder::endpoint_concurrency`] |
+//! | connect timeout | 1 s | [`ClientBuilder::connect_timeout`] |
+//! | mutual TLS | off; [`ClientBuilder::tls`] turns it on for endpoints with an expected identity | [`ClientBuilder::tls`] |
+//!
+//! Requests the mesh fails itself (deadline passed, queue full, no endpoints) are answered with a
+//! response carrying an `l5d-err` header (504, 503) where the layer can make one, so a caller can
+//! tell a mesh failure from an application failure.
 //!
 //! # Example
 //!
@@ -38,25 +62,34 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::uri::{Authority, Scheme};
-use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use hyper_util::rt::TokioExecutor;
-use mesh_balance::{Balance, BoxError, Health};
+use mesh_balance::{Balance, Health};
+use mesh_core::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerStats};
+use mesh_core::classify::{Classifier, GrpcClasses, SharedClassify};
+use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
+use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
+use mesh_core::retry::{Budget, BudgetConfig, ReplayBody, Retry, RetryConfig, RetryStats};
+use mesh_core::shed::{ConcurrencyCap, Shed, ShedConfig, ShedStats};
 use mesh_discovery::Discovery;
 use tower::discover::Change;
-use tower::Service;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
+use crate::body::{boxed, Body, BoxError};
 use crate::connect::{EndpointConnector, DEFAULT_CONNECT_TIMEOUT};
 
-/// The per-endpoint service: a hyper-util client whose pool dials one endpoint.
-pub type EndpointClient<B> = legacy::Client<EndpointConnector, B>;
+/// The per-endpoint service the balancer chooses among: breaker ─▶ cap ─▶ hyper pool.
+type EndpointService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
 
-type Balancer<B> = Balance<SocketAddr, EndpointClient<B>, ClassifyHttp>;
+/// The whole client stack, type-erased so layers can be switched on and off.
+type Stack<B> = BoxCloneSyncService<http::Request<B>, http::Response<Body>, BoxError>;
 
 /// Starts building a client over the endpoints `discovery` reports.
 ///
@@ -65,22 +98,63 @@ pub fn client(discovery: Discovery) -> ClientBuilder {
     ClientBuilder::new(discovery)
 }
 
-/// Builds a [`Client`]. Every setting has a production default.
+/// Builds a [`Client`]. Every setting has a production default (see [the module docs](self)).
 pub struct ClientBuilder {
     discovery: Discovery,
     balance: mesh_balance::Config,
     hyper: legacy::Builder,
     connect_timeout: Duration,
     authority: Option<Authority>,
+    classify: Classifier,
+    deadline: DeadlineConfig,
+    retry: Option<RetryConfig>,
+    budget: BudgetConfig,
+    hedge: Option<HedgeConfig>,
+    shed: ShedConfig,
+    breaker: Option<BreakerConfig>,
+    endpoint_concurrency: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsSettings>,
+}
+
+/// Mutual TLS settings of a client (feature `tls`).
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// This workload's certificate, key and trust bundle (watch them for rotation with
+    /// [`mesh_tls::Credentials::watch`]).
+    pub credentials: mesh_tls::Credentials,
+    /// When `true` (the default), an endpoint without an expected identity in discovery is left out
+    /// of the balancer rather than dialed in plaintext. When `false`, such endpoints are dialed in
+    /// plaintext (Istio's permissive mode, for a migration).
+    pub require_identity: bool,
+}
+
+/// Counters of the client's layers, for metrics and tests. Clones share the counters.
+#[derive(Clone, Debug)]
+pub struct ClientStats {
+    /// Retries made, budget exhaustion, requests not retried and why.
+    pub retry: RetryStats,
+    /// Hedges sent and won.
+    pub hedge: HedgeStats,
+    /// Deadline expirations and malformed deadline headers.
+    pub deadline: DeadlineStats,
+    /// Requests shed because the pending queue or an endpoint's cap was full.
+    pub shed: ShedStats,
+    /// Breaker ejections, restorations and failed probes, over all endpoints.
+    pub breaker: BreakerStats,
 }
 
 /// A balanced hyper client over one logical service's endpoints.
 ///
-/// Cheap to clone; clones share the endpoint set, its balancing state and the connection pools.
+/// Cheap to clone; clones share the endpoint set, its balancing state, the retry budget and the
+/// connection pools.
 pub struct Client<B> {
-    balance: Balancer<B>,
+    stack: Stack<B>,
+    balance: mesh_balance::Balance<SocketAddr, EndpointService, ClassifyHttp>,
     authority: Option<Authority>,
     discovery: Discovery,
+    stats: ClientStats,
 }
 
 /// Why a [`Client`] could not be built.
@@ -90,6 +164,14 @@ pub enum BuildError {
     /// The balancer rejected its configuration, or no tokio runtime was running.
     #[error("cannot build the balancer: {0}")]
     Balance(#[from] mesh_balance::BuildError),
+    /// A layer's configuration is invalid.
+    #[error("invalid {layer} configuration: {reason}")]
+    Config {
+        /// Which layer.
+        layer: &'static str,
+        /// What is wrong, with the offending value.
+        reason: String,
+    },
 }
 
 /// Why a request through a [`Client`] failed.
@@ -109,24 +191,37 @@ pub enum Error {
     /// The endpoint's connection failed, or the endpoint closed it mid-request.
     #[error("request to endpoint failed: {0}")]
     Http(#[source] legacy::Error),
+    /// A mesh layer failed the request (e.g. a per-try timeout).
+    #[error(transparent)]
+    Mesh(mesh_core::error::Error),
     /// Any other failure.
     #[error(transparent)]
     Other(BoxError),
 }
 
-/// Charges 5xx responses and transport errors to the endpoint as failures.
+/// Charges 5xx responses, failing gRPC statuses in the response head, and transport errors to the
+/// endpoint as failures, so an endpoint that fails fast does not look fast to the balancer.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ClassifyHttp;
+pub struct ClassifyHttp {
+    grpc: GrpcClasses,
+}
 
 // === impl ClassifyHttp ===
 
-impl<E> mesh_balance::Classify<http::Response<Incoming>, E> for ClassifyHttp {
+impl<B, E> mesh_balance::Classify<http::Response<B>, E> for ClassifyHttp {
     #[inline]
-    fn is_failure(&self, result: &Result<http::Response<Incoming>, E>) -> bool {
-        match result {
-            Ok(rsp) => rsp.status().is_server_error(),
-            Err(_) => true,
+    fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
+        let Ok(rsp) = result else { return true };
+        if rsp.status().is_server_error() {
+            return true;
         }
+        rsp.headers()
+            .get(mesh_core::error::GRPC_STATUS)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .is_some_and(|code| {
+                self.grpc.classify(code) != mesh_core::classify::Class::Success
+            })
     }
 }
 
@@ -143,6 +238,16 @@ impl ClientBuilder {
             hyper,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authority: None,
+            classify: Classifier::default(),
+            deadline: DeadlineConfig::default(),
+            retry: Some(RetryConfig::default()),
+            budget: BudgetConfig::default(),
+            hedge: None,
+            shed: ShedConfig::default(),
+            breaker: Some(BreakerConfig::default()),
+            endpoint_concurrency: 1024,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -152,8 +257,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The hyper-util client settings each endpoint's pool is built with (HTTP/2, pool sizes, idle
-    /// timeouts). Default: hyper-util's defaults with a 90 s idle timeout.
+    /// The hyper-util client settings each endpoint's pool is built with (HTTP/2 only for gRPC,
+    /// pool sizes, idle timeouts). Default: hyper-util's defaults with a 90 s idle timeout.
     pub fn hyper(mut self, builder: legacy::Builder) -> Self {
         self.hyper = builder;
         self
@@ -172,59 +277,231 @@ impl ClientBuilder {
         self
     }
 
+    /// How responses are classified for retries and the breaker (default
+    /// `retryable-idempotent-5xx`, gRPC UNAVAILABLE retryable).
+    pub fn classify(mut self, classifier: Classifier) -> Self {
+        self.classify = classifier;
+        self
+    }
+
+    /// Deadline handling: a timeout for every request, whether incoming deadline headers are
+    /// honoured and whether the remaining time is propagated (all on by default, no timeout).
+    pub fn deadline(mut self, config: DeadlineConfig) -> Self {
+        self.deadline = config;
+        self
+    }
+
+    /// Retry settings, or `None` to turn retries off (default: on, 3 at most per request, the
+    /// budget being the real limit).
+    pub fn retry(mut self, config: Option<RetryConfig>) -> Self {
+        self.retry = config;
+        self
+    }
+
+    /// The retry budget shared by retries and hedges (default: Finagle's 20 % + 10/s over 10 s).
+    pub fn budget(mut self, config: BudgetConfig) -> Self {
+        self.budget = config;
+        self
+    }
+
+    /// Hedging settings, or `None` (the default) to hedge only requests that carry a
+    /// [`mesh_core::hedge::HedgeDelay`] extension... which then are not hedged either: hedging needs
+    /// this set to build the layer. Only idempotent requests with replayable bodies are hedged.
+    pub fn hedge(mut self, config: Option<HedgeConfig>) -> Self {
+        self.hedge = config;
+        self
+    }
+
+    /// Load-shedding limits in front of the balancer (default: Envoy's 1,024 pending).
+    pub fn shed(mut self, config: ShedConfig) -> Self {
+        self.shed = config;
+        self
+    }
+
+    /// Circuit-breaker settings per endpoint, or `None` to turn breaking off.
+    pub fn breaker(mut self, config: Option<BreakerConfig>) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Requests in flight to one endpoint at most; more fail at once with 503 (and are retried
+    /// elsewhere, since they never reached the endpoint). Default 1,024.
+    pub fn endpoint_concurrency(mut self, max: usize) -> Self {
+        self.endpoint_concurrency = max;
+        self
+    }
+
+    /// Speaks mutual TLS to every endpoint whose expected identity discovery gives, presenting
+    /// `credentials` and requiring the server to prove that identity. Endpoints without an identity
+    /// are left out (see [`TlsSettings::require_identity`] to dial them in plaintext instead).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, credentials: mesh_tls::Credentials) -> Self {
+        self.tls = Some(TlsSettings {
+            credentials,
+            require_identity: true,
+        });
+        self
+    }
+
+    /// Like [`ClientBuilder::tls`], with every TLS setting given.
+    #[cfg(feature = "tls")]
+    pub fn tls_settings(mut self, settings: TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        fn invalid(layer: &'static str, e: impl fmt::Display) -> BuildError {
+            BuildError::Config {
+                layer,
+                reason: e.to_string(),
+            }
+        }
+        self.deadline
+            .validate()
+            .map_err(|e| invalid("deadline", e))?;
+        if let Some(retry) = &self.retry {
+            retry.validate().map_err(|e| invalid("retry", e))?;
+        }
+        if let Some(hedge) = &self.hedge {
+            hedge.validate().map_err(|e| invalid("hedge", e))?;
+        }
+        self.shed.validate().map_err(|e| invalid("shed", e))?;
+        if let Some(breaker) = &self.breaker {
+            breaker.validate().map_err(|e| invalid("breaker", e))?;
+        }
+        if self.endpoint_concurrency == 0 {
+            return Err(invalid(
+                "endpoint concurrency",
+                "the cap must be at least 1, got 0",
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds the client and spawns its discovery task on the current tokio runtime.
     ///
     /// # Errors
     ///
-    /// [`BuildError::Balance`] if the balancer's configuration is invalid or no runtime is running.
+    /// [`BuildError::Config`] if a layer's configuration is invalid, [`BuildError::Balance`] if the
+    /// balancer's is or no runtime is running.
     pub fn build<B>(self) -> Result<Client<B>, BuildError>
     where
-        B: http_body::Body + Send + 'static + Unpin,
-        B::Data: Send,
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let Self {
-            discovery,
-            balance,
-            hyper,
-            connect_timeout,
-            authority,
-        } = self;
+        self.validate()?;
+        let classify: SharedClassify = Arc::new(self.classify);
+        let budget = Budget::new(self.budget).map_err(|e| BuildError::Config {
+            layer: "retry budget",
+            reason: e.to_string(),
+        })?;
+        let mut breaker_layer = self
+            .breaker
+            .map(|config| Breaker::layer(config).classify(classify.clone()));
+        let breaker_stats = breaker_layer
+            .as_ref()
+            .map_or_else(BreakerStats::default, BreakerLayer::stats);
+        let shed_layer = Shed::layer(self.shed);
+        let shed_stats = shed_layer.stats();
+        let new_endpoint = NewEndpoint {
+            hyper: self.hyper,
+            connect_timeout: self.connect_timeout,
+            breaker: breaker_layer.take(),
+            cap: self.endpoint_concurrency,
+            shed_stats: shed_stats.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+        };
 
-        // One pool per endpoint address, kept while the address stays in the set.
-        let mut endpoints: HashMap<SocketAddr, (EndpointClient<B>, Health)> = HashMap::new();
-        let changes = discovery.changes().map(move |change| {
-            change.map(|change| match change {
-                Change::Insert(addr, endpoint) => {
-                    let (service, health) = endpoints
-                        .entry(addr)
-                        .or_insert_with(|| {
-                            let connector =
-                                EndpointConnector::new(addr).with_connect_timeout(connect_timeout);
-                            (hyper.build(connector), Health::new())
-                        })
-                        .clone();
-                    let weight = balance_weight(endpoint.weight);
-                    Change::Insert(
-                        addr,
-                        mesh_balance::Endpoint::new(service)
-                            .weight(weight)
-                            .health(health),
-                    )
-                }
-                Change::Remove(addr) => {
-                    endpoints.remove(&addr);
-                    Change::Remove(addr)
-                }
+        // One endpoint service per address, kept while the address stays in the set.
+        let mut endpoints: HashMap<SocketAddr, (EndpointService, Health)> = HashMap::new();
+        let changes = self
+            .discovery
+            .changes()
+            .filter_map(move |change| {
+                let change = match change {
+                    Ok(Change::Insert(addr, endpoint)) => {
+                        match new_endpoint.get_or_make(&mut endpoints, &endpoint) {
+                            Some((service, health)) => Some(Ok(Change::Insert(
+                                addr,
+                                mesh_balance::Endpoint::new(service)
+                                    .weight(balance_weight(endpoint.weight))
+                                    .health(health),
+                            ))),
+                            // Unusable (e.g. mTLS required but no identity): leave it out.
+                            None => endpoints
+                                .remove(&addr)
+                                .map(|_| Ok(Change::Remove(addr))),
+                        }
+                    }
+                    Ok(Change::Remove(addr)) => {
+                        endpoints.remove(&addr);
+                        Some(Ok(Change::Remove(addr)))
+                    }
+                    Err(never) => match never {},
+                };
+                std::future::ready(change)
             })
-        });
-        let balance = Balance::builder(balance)
-            .classify(ClassifyHttp)
+            .map(|change: Result<_, std::convert::Infallible>| change);
+        let balance = Balance::builder(self.balance)
+            .classify(ClassifyHttp::default())
             .spawn(changes)?;
+        let latency: SharedLatency = Arc::new(balance.clone());
+
+        // Below the retry and hedge layers every request body is boxed, so the balancer and the
+        // endpoints have one type whichever layers are on.
+        let below_hedge: BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError> =
+            BoxCloneSyncService::new(shed_layer.layer(balance.clone()));
+        let hedge_layer = self
+            .hedge
+            .map(|config| Hedge::layer(config, budget.clone()).latency(latency.clone()));
+        let hedge_stats = hedge_layer
+            .as_ref()
+            .map_or_else(HedgeStats::default, |h| h.stats());
+        let below_retry = match hedge_layer {
+            Some(hedge) => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(hedge)
+                    .map_request(|req: http::Request<ReplayBody<Body>>| req.map(boxed))
+                    .service(below_hedge),
+            ),
+            None => below_hedge,
+        };
+        let retry_layer = Retry::layer(self.retry.unwrap_or_default(), budget)
+            .classify(classify)
+            .latency(latency);
+        let retry_stats = retry_layer.stats();
+        let deadline_stats = DeadlineStats::default();
+        let deadlines = Deadlines::layer(self.deadline, deadline_stats.clone());
+        let stack: Stack<B> = match self.retry {
+            Some(_) => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(deadlines)
+                    .layer(retry_layer)
+                    .map_request(|req: http::Request<ReplayBody<B>>| req.map(boxed))
+                    .service(below_retry),
+            ),
+            None => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(deadlines)
+                    .map_request(|req: http::Request<B>| req.map(boxed))
+                    .service(below_retry),
+            ),
+        };
+
         Ok(Client {
+            stack,
             balance,
-            authority,
-            discovery,
+            authority: self.authority,
+            discovery: self.discovery,
+            stats: ClientStats {
+                retry: retry_stats,
+                hedge: hedge_stats,
+                deadline: deadline_stats,
+                shed: shed_stats,
+                breaker: breaker_stats,
+            },
         })
     }
 }
@@ -236,6 +513,9 @@ impl fmt::Debug for ClientBuilder {
             .field("balance", &self.balance)
             .field("connect_timeout", &self.connect_timeout)
             .field("authority", &self.authority)
+            .field("retry", &self.retry)
+            .field("hedge", &self.hedge)
+            .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -255,21 +535,101 @@ fn balance_weight(weight: f64) -> u32 {
     }
 }
 
+/// Makes the per-endpoint services: hyper pool, concurrency cap, breaker.
+struct NewEndpoint {
+    hyper: legacy::Builder,
+    connect_timeout: Duration,
+    breaker: Option<BreakerLayer>,
+    cap: usize,
+    shed_stats: ShedStats,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsSettings>,
+}
+
+// === impl NewEndpoint ===
+
+impl NewEndpoint {
+    /// The service for `endpoint`, reusing the one already made for its address when its identity
+    /// has not changed. `None` if the endpoint cannot be used (mTLS required and no valid identity).
+    fn get_or_make(
+        &self,
+        cache: &mut HashMap<SocketAddr, (EndpointService, Health)>,
+        endpoint: &mesh_discovery::Endpoint,
+    ) -> Option<(EndpointService, Health)> {
+        if let Some(found) = cache.get(&endpoint.addr) {
+            return Some(found.clone());
+        }
+        let connector = self.connector(endpoint)?;
+        let health = Health::new();
+        let client = self.hyper.build::<_, Body>(connector);
+        let pool = ServiceBuilder::new()
+            .map_response(|rsp: http::Response<hyper::body::Incoming>| rsp.map(boxed))
+            .map_err(BoxError::from)
+            .service(client);
+        let capped = ConcurrencyCap::layer(self.cap)
+            .with_stats(self.shed_stats.clone())
+            .layer(pool);
+        let service = match &self.breaker {
+            Some(breaker) => BoxCloneSyncService::new(
+                breaker
+                    .layer(capped, health.clone())
+                    .map_response(|rsp| rsp.map(boxed)),
+            ),
+            None => BoxCloneSyncService::new(capped),
+        };
+        cache.insert(endpoint.addr, (service.clone(), health.clone()));
+        Some((service, health))
+    }
+
+    #[cfg(feature = "tls")]
+    fn connector(&self, endpoint: &mesh_discovery::Endpoint) -> Option<EndpointConnector> {
+        let plain =
+            EndpointConnector::new(endpoint.addr).with_connect_timeout(self.connect_timeout);
+        let Some(tls) = &self.tls else {
+            return Some(plain);
+        };
+        let identity = match endpoint.identity.as_deref().map(mesh_tls::Identity::parse) {
+            Some(Ok(identity)) => identity,
+            Some(Err(error)) => {
+                tracing::warn!(endpoint = %endpoint.addr, %error, "endpoint's expected identity is invalid; leaving it out");
+                return None;
+            }
+            None if tls.require_identity => {
+                tracing::warn!(endpoint = %endpoint.addr, "mTLS is required but discovery gives no identity for the endpoint; leaving it out");
+                return None;
+            }
+            None => return Some(plain),
+        };
+        match mesh_tls::client::TlsConnector::new(&tls.credentials, identity) {
+            Ok(connector) => Some(plain.with_tls(connector)),
+            Err(error) => {
+                tracing::warn!(endpoint = %endpoint.addr, %error, "cannot build the endpoint's TLS connector; leaving it out");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn connector(&self, endpoint: &mesh_discovery::Endpoint) -> Option<EndpointConnector> {
+        Some(EndpointConnector::new(endpoint.addr).with_connect_timeout(self.connect_timeout))
+    }
+}
+
 // === impl Client ===
 
 impl<B> Client<B>
 where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     /// Sends `req` to one of the service's endpoints.
     ///
     /// # Errors
     ///
-    /// See [`Error`].
-    pub async fn request(&self, req: http::Request<B>) -> Result<http::Response<Incoming>, Error> {
-        self.clone().call(req).await
+    /// See [`Error`]. Failures the mesh can answer as HTTP (deadline passed: 504; pending queue
+    /// full: 503) come back as responses with an `l5d-err` header, not as errors.
+    pub async fn request(&self, req: http::Request<B>) -> Result<http::Response<Body>, Error> {
+        self.clone().oneshot(req).await
     }
 }
 
@@ -284,8 +644,13 @@ impl<B> Client<B> {
         self.balance.endpoints()
     }
 
-    /// Gives `req` an absolute URI (the legacy pool needs one) without changing its logical
-    /// authority: the URI's own, else the `Host` header's, else the configured one.
+    /// The counters of the client's layers.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Gives `req` an absolute URI (the pool needs one) without changing its logical authority:
+    /// the URI's own, else the `Host` header's, else the configured one.
     fn absolutize(&self, req: &mut http::Request<B>) -> Result<(), Error> {
         if req.uri().authority().is_some() && req.uri().scheme().is_some() {
             return Ok(());
@@ -315,9 +680,11 @@ impl<B> Client<B> {
 impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Self {
+            stack: self.stack.clone(),
             balance: self.balance.clone(),
             authority: self.authority.clone(),
             discovery: self.discovery.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -333,23 +700,22 @@ impl<B> fmt::Debug for Client<B> {
 
 impl<B> Service<http::Request<B>> for Client<B>
 where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<Body>;
     type Error = Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.balance.poll_ready(cx).map_err(Error::from_boxed)
+        self.stack.poll_ready(cx).map_err(Error::from_boxed)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Err(error) = self.absolutize(&mut req) {
             return Box::pin(std::future::ready(Err(error)));
         }
-        let fut = self.balance.call(req);
+        let fut = self.stack.call(req);
         Box::pin(async move { fut.await.map_err(Error::from_boxed) })
     }
 }
@@ -362,14 +728,17 @@ impl Error {
             Ok(error) => return Error::Balance(*error),
             Err(error) => error,
         };
+        let error = match error.downcast::<mesh_core::error::Error>() {
+            Ok(error) => return Error::Mesh(*error),
+            Err(error) => error,
+        };
         match error.downcast::<legacy::Error>() {
             Ok(error) => Error::Http(*error),
             Err(error) => Error::Other(error),
         }
     }
 
-    /// Whether the mesh itself failed the request (no endpoint to send it to), as opposed to the
-    /// endpoint or the network.
+    /// Whether the mesh itself had no endpoint to send the request to.
     pub fn is_no_endpoints(&self) -> bool {
         matches!(self, Error::Balance(_))
     }

@@ -30,10 +30,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod body;
 pub mod client;
 pub mod connect;
+pub mod server;
 
+pub use body::Body;
 pub use client::{client, Client, ClientBuilder};
+pub use server::{server, ServerBuilder};
 
 /// Endpoint discovery (the `mesh-discovery` crate).
 pub use mesh_discovery as discovery;

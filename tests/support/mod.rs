@@ -1,7 +1,9 @@
 //! Shared scaffolding for the facade's integration tests: real HTTP backends on 127.0.0.1.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,22 +14,52 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A backend serving HTTP/1.1 and HTTP/2 on 127.0.0.1 that answers after `delay` with `status`,
-/// naming itself in `x-backend` and echoing the `Host` it saw in `x-seen-host`.
+pub type Response = http::Response<Full<Bytes>>;
+pub type Handler =
+    Arc<dyn Fn(http::Request<Incoming>, usize) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// A backend serving HTTP/1.1 and HTTP/2 on 127.0.0.1. Each request gets the handler's answer,
+/// with the backend's name in `x-backend`. `kill` closes the listener and every open connection.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: &'static str,
     pub hits: Arc<AtomicUsize>,
+    kill: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Backend {
+    /// A backend that answers `status` after `delay`, echoing the `Host` it saw in `x-seen-host`.
     pub async fn start(name: &'static str, delay: Duration, status: u16) -> Backend {
+        Self::with_handler(name, handler(move |req, _| async move {
+            tokio::time::sleep(delay).await;
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .cloned()
+                .unwrap_or_else(|| http::HeaderValue::from_static("-"));
+            http::Response::builder()
+                .status(status)
+                .header("x-seen-host", host)
+                .body(Full::new(Bytes::from_static(b"ok")))
+                .unwrap()
+        }))
+        .await
+    }
+
+    pub async fn with_handler(name: &'static str, handler: Handler) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::on(listener, name, handler)
+    }
+
+    /// Serves on `listener` (e.g. re-bound to a killed backend's address).
+    pub fn on(listener: TcpListener, name: &'static str, handler: Handler) -> Backend {
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let (kill, killed) = watch::channel(false);
         let counter = hits.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -35,32 +67,26 @@ impl Backend {
                     continue;
                 };
                 let counter = counter.clone();
+                let handler = handler.clone();
+                let mut killed = killed.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<Incoming>| {
-                        let counter = counter.clone();
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req, n);
                         async move {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(delay).await;
-                            let host = req
-                                .headers()
-                                .get(http::header::HOST)
-                                .cloned()
-                                .or_else(|| {
-                                    req.uri()
-                                        .authority()
-                                        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-                                })
-                                .unwrap_or_else(|| http::HeaderValue::from_static("-"));
-                            http::Response::builder()
-                                .status(status)
-                                .header("x-backend", name)
-                                .header("x-seen-host", host)
-                                .body(Full::new(Bytes::from_static(b"ok")))
+                            let mut rsp = fut.await;
+                            rsp.headers_mut()
+                                .insert("x-backend", http::HeaderValue::from_static(name));
+                            Ok::<_, std::convert::Infallible>(rsp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        .into_owned();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
@@ -68,6 +94,7 @@ impl Backend {
             addr,
             name,
             hits,
+            kill,
             task,
         }
     }
@@ -76,15 +103,46 @@ impl Backend {
         self.hits.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting connections (connections already open keep being served by their tasks).
-    pub fn stop(&self) {
+    /// Stops listening and drops every open connection.
+    pub fn kill(&self) {
         self.task.abort();
+        let _ = self.kill.send(true);
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
+    }
+}
+
+/// Makes a [`Handler`] from an async closure.
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(http::Request<Incoming>, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    Arc::new(move |req, n| Box::pin(f(req, n)))
+}
+
+pub fn status(code: u16) -> Response {
+    http::Response::builder()
+        .status(code)
+        .body(Full::new(Bytes::from_static(b"ok")))
+        .unwrap()
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1,0 +1,243 @@
+//! The meshwork server: the inbound side of the mesh in front of an application's service.
+//!
+//! ```text
+//! connection ─▶ TLS accept (strict or permissive) ─▶ peer identity ─▶ authorization
+//!            ─▶ deadline extraction ─▶ the application's service
+//! ```
+//!
+//! With TLS (feature `tls`), every connection is accepted through a [`mesh_tls::server::TlsAcceptor`]:
+//! in strict mode only mutual TLS is accepted, in permissive mode plaintext too (Istio's
+//! PeerAuthentication modes). Each request carries the caller's verified
+//! [`PeerIdentity`](mesh_tls::PeerIdentity) as an extension, and an optional
+//! [`AuthzPolicy`](mesh_tls::authz::AuthzPolicy) answers 403 to callers it does not allow. The
+//! deadline layer reads `grpc-timeout`, `l5d-ctx-deadline` and `x-envoy-expected-rq-timeout-ms`,
+//! puts the earliest deadline on the request as a [`Deadline`](mesh_core::deadline::Deadline)
+//! extension (so a handler that calls further services can pass it on), and answers 504 (or
+//! `grpc-status: 4`) when it passes.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//!     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! meshwork::server().serve(listener, app, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines};
+use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::body::{boxed, Body, BoxError};
+
+/// Starts building a server with production defaults: plaintext, no authorization, deadlines
+/// honoured.
+pub fn server() -> ServerBuilder {
+    ServerBuilder::default()
+}
+
+/// Builds the inbound stack and serves it.
+#[derive(Default)]
+pub struct ServerBuilder {
+    deadline: DeadlineConfig,
+    #[cfg(feature = "tls")]
+    tls: Option<(mesh_tls::Credentials, mesh_tls::server::AcceptorConfig)>,
+    #[cfg(feature = "tls")]
+    authz: Option<mesh_tls::authz::AuthzPolicy>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A layer's configuration is invalid.
+    #[error("invalid {layer} configuration: {reason}")]
+    Config {
+        /// Which layer.
+        layer: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+type Inbound = BoxCloneSyncService<http::Request<Incoming>, http::Response<Body>, BoxError>;
+
+// === impl ServerBuilder ===
+
+impl ServerBuilder {
+    /// Deadline handling for inbound requests (default: honour the deadline headers, no timeout
+    /// of the server's own).
+    pub fn deadline(mut self, config: DeadlineConfig) -> Self {
+        self.deadline = config;
+        self
+    }
+
+    /// Accepts mutual TLS with `credentials`, in strict mode unless `config` says permissive.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        credentials: mesh_tls::Credentials,
+        config: mesh_tls::server::AcceptorConfig,
+    ) -> Self {
+        self.tls = Some((credentials, config));
+        self
+    }
+
+    /// Allows only the callers `policy` allows; others get 403 (the reason is logged, not sent).
+    #[cfg(feature = "tls")]
+    pub fn authorize(mut self, policy: mesh_tls::authz::AuthzPolicy) -> Self {
+        self.authz = Some(policy);
+        self
+    }
+
+    /// Wraps `app` in the inbound layers, without serving it (to serve it on connections you
+    /// accept yourself).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Config`] if a layer's configuration is invalid.
+    pub fn layer<S, B>(&self, app: S) -> Result<Inbound, ServerError>
+    where
+        S: Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.deadline.validate().map_err(|e| ServerError::Config {
+            layer: "deadline",
+            reason: e.to_string(),
+        })?;
+        let app = ServiceBuilder::new()
+            .layer(Deadlines::layer(self.deadline, DeadlineStats::default()))
+            .map_response(|rsp: http::Response<B>| rsp.map(boxed))
+            .map_err(Into::into)
+            .service(app);
+        #[cfg(feature = "tls")]
+        if let Some(policy) = &self.authz {
+            let authz = mesh_tls::authz::Authorize::layer(policy.clone()).map_err(|e| {
+                ServerError::Config {
+                    layer: "authorization",
+                    reason: e.to_string(),
+                }
+            })?;
+            return Ok(BoxCloneSyncService::new(
+                ServiceBuilder::new().layer(authz).service(app),
+            ));
+        }
+        Ok(BoxCloneSyncService::new(app))
+    }
+
+    /// Serves `app` behind the inbound layers on `listener` until `shutdown` completes (open
+    /// connections finish on their own). HTTP/1.1 and HTTP/2 are both served.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Config`] if a layer's configuration is invalid; accept and connection errors
+    /// are logged, never returned.
+    pub async fn serve<S, B, F>(
+        self,
+        listener: TcpListener,
+        app: S,
+        shutdown: F,
+    ) -> Result<(), ServerError>
+    where
+        S: Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        let inbound = self.layer(app)?;
+        #[cfg(feature = "tls")]
+        if let Some((credentials, config)) = self.tls {
+            let acceptor = mesh_tls::server::TlsAcceptor::new(credentials, config).map_err(|e| {
+                ServerError::Config {
+                    layer: "tls",
+                    reason: e.to_string(),
+                }
+            })?;
+            mesh_tls::server::serve(listener, acceptor, inbound, shutdown).await;
+            return Ok(());
+        }
+        serve_plain(listener, inbound, shutdown).await;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ServerBuilder");
+        d.field("deadline", &self.deadline);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|(_, config)| config))
+            .field("authz", &self.authz);
+        d.finish()
+    }
+}
+
+/// The plaintext accept loop: one task per connection, HTTP/1.1 and HTTP/2 by preface.
+async fn serve_plain<F: Future<Output = ()>>(listener: TcpListener, inbound: Inbound, shutdown: F) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Usually EMFILE or a connection reset before accept: back off briefly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%remote, %error, "cannot set TCP_NODELAY");
+            }
+            let service = HyperService(inbound);
+            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(%remote, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Adapts the tower stack to hyper's `&self` service trait.
+struct HyperService(Inbound);
+
+impl hyper::service::Service<http::Request<Incoming>> for HyperService {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = tower::util::Oneshot<Inbound, http::Request<Incoming>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        self.0.clone().oneshot(req)
+    }
+}
