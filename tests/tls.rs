@@ -1,0 +1,125 @@
+//! The facade client and server with mutual TLS: identities from discovery, verified both ways.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use meshwork::discovery::{Discovery, Endpoint};
+use meshwork::tls::authz::AuthzPolicy;
+use meshwork::tls::dev_ca::{DevCa, WorkloadCertParams};
+use meshwork::tls::server::AcceptorConfig;
+use meshwork::tls::{Credentials, Identity, PeerIdentity};
+use support::init_tracing;
+
+const WORLD: &str = "spiffe://test.mesh/ns/default/sa/world";
+const HELLO: &str = "spiffe://test.mesh/ns/default/sa/hello";
+const INTRUDER: &str = "spiffe://test.mesh/ns/default/sa/intruder";
+
+fn credentials(ca: &DevCa, identity: &str) -> Credentials {
+    let params = WorkloadCertParams::new(
+        Identity::parse(identity).expect("identity"),
+        Duration::from_secs(3600),
+    );
+    let cert = ca.issue(&params).expect("issue");
+    Credentials::from_pem(&cert.cert_pem, &cert.key_pem, ca.cert_pem()).expect("credentials")
+}
+
+/// Starts `world` behind the meshwork server (strict mTLS, only `hello` allowed); it answers
+/// with the identity of its caller.
+async fn start_world(ca: &DevCa) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let caller = match req.extensions().get::<PeerIdentity>() {
+            Some(PeerIdentity(Some(id))) => id.to_string(),
+            _ => "anonymous".to_owned(),
+        };
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(caller))))
+    });
+    let server = meshwork::server()
+        .tls(credentials(ca, WORLD), AcceptorConfig::default())
+        .authorize(AuthzPolicy::default().allow_identity(Identity::parse(HELLO).expect("id")));
+    tokio::spawn(server.serve(listener, app, std::future::pending()));
+    addr
+}
+
+fn client(
+    ca: &DevCa,
+    me: &str,
+    endpoint: Endpoint,
+) -> meshwork::Client<Empty<Bytes>> {
+    let config = meshwork::balance::Config {
+        failfast_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    meshwork::client(Discovery::fixed([endpoint]).expect("discovery"))
+        .authority("world.test")
+        .tls(credentials(ca, me))
+        .balance(config)
+        .build()
+        .expect("client")
+}
+
+fn get() -> http::Request<Empty<Bytes>> {
+    http::Request::get("/").body(Empty::new()).expect("request")
+}
+
+#[tokio::test]
+async fn identities_are_verified_both_ways() {
+    init_tracing();
+    let ca = DevCa::new("test CA").expect("ca");
+    let addr = start_world(&ca).await;
+    let hello = client(&ca, HELLO, Endpoint::new(addr).with_identity(WORLD));
+    let rsp = hello.request(get()).await.expect("response");
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, HELLO.as_bytes());
+}
+
+#[tokio::test]
+async fn a_server_with_another_identity_is_refused() {
+    init_tracing();
+    let ca = DevCa::new("test CA").expect("ca");
+    let addr = start_world(&ca).await;
+    // Discovery says this endpoint must be `hello`; the server proves it is `world`.
+    let confused = client(&ca, HELLO, Endpoint::new(addr).with_identity(HELLO));
+    let err = confused.request(get()).await.expect_err("refused");
+    let text = format!("{err:?}");
+    assert!(text.contains("mismatch") || text.contains("Mismatch"), "{text}");
+}
+
+#[tokio::test]
+async fn callers_the_policy_does_not_allow_get_403() {
+    init_tracing();
+    let ca = DevCa::new("test CA").expect("ca");
+    let addr = start_world(&ca).await;
+    let intruder = client(&ca, INTRUDER, Endpoint::new(addr).with_identity(WORLD));
+    let rsp = intruder.request(get()).await.expect("response");
+    assert_eq!(rsp.status(), 403);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert!(body.is_empty(), "the reason is logged, not sent");
+}
+
+#[tokio::test]
+async fn endpoints_without_an_identity_are_never_dialed_in_plaintext() {
+    init_tracing();
+    let ca = DevCa::new("test CA").expect("ca");
+    let addr = start_world(&ca).await;
+    let client = client(&ca, HELLO, Endpoint::new(addr));
+    let err = client.request(get()).await.expect_err("no usable endpoint");
+    assert!(err.is_no_endpoints(), "{err}");
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    init_tracing();
+    let ca = DevCa::new("test CA").expect("ca");
+    let other = DevCa::new("other CA").expect("ca");
+    let addr = start_world(&ca).await;
+    // The client trusts the other CA only, so it cannot verify `world`.
+    let stranger = client(&other, HELLO, Endpoint::new(addr).with_identity(WORLD));
+    assert!(stranger.request(get()).await.is_err());
+}
