@@ -1,0 +1,47 @@
+//! Which endpoint outcomes count as failures for the balancer's cost.
+//!
+//! The balancer charges a failure as a slow response (see [`crate::ewma`]), so it must know what a
+//! failure is. That depends on the protocol: for a plain service an `Err` is a failure
+//! ([`ErrIsFailure`], the default); an HTTP client's service returns `Ok(response)` for a 503, and the
+//! user says that 5xx is a failure; gRPC looks at `grpc-status`. So classification is a trait over
+//! `&Result<Response, Error>`, implemented for closures. It runs once per response, on the response
+//! path, and must be cheap (no allocation).
+//!
+//! ```
+//! use mesh_balance::Classify;
+//!
+//! struct Status(u16);
+//! let five_xx = |r: &Result<Status, std::io::Error>| match r {
+//!     Ok(rsp) => rsp.0 >= 500,
+//!     Err(_) => true,
+//! };
+//! assert!(five_xx.is_failure(&Ok(Status(503))));
+//! assert!(!five_xx.is_failure(&Ok(Status(404))));
+//! ```
+
+/// Decides whether an endpoint's outcome is a failure.
+pub trait Classify<Rsp, E>: Send + Sync + 'static {
+    /// `true` if `result` should be charged to the endpoint as a failure.
+    fn is_failure(&self, result: &Result<Rsp, E>) -> bool;
+}
+
+/// The default classifier: `Err` is a failure, every `Ok` is a success.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrIsFailure;
+
+impl<Rsp, E> Classify<Rsp, E> for ErrIsFailure {
+    #[inline]
+    fn is_failure(&self, result: &Result<Rsp, E>) -> bool {
+        result.is_err()
+    }
+}
+
+impl<Rsp, E, F> Classify<Rsp, E> for F
+where
+    F: Fn(&Result<Rsp, E>) -> bool + Send + Sync + 'static,
+{
+    #[inline]
+    fn is_failure(&self, result: &Result<Rsp, E>) -> bool {
+        self(result)
+    }
+}

@@ -1,0 +1,336 @@
+//! Peak-EWMA latency estimates, and how failures count into them.
+//!
+//! Each endpoint keeps one number: an estimate of its round-trip time. The balancer's cost for an
+//! endpoint is `estimate × (pending + 1) / weight` (Finagle's `PeakEwma` balancer, Linkerd 2's and
+//! tower's `PeakEwma` load): latency says how fast the endpoint answers, pending requests say how much
+//! of that it is already doing, and the product ranks endpoints by the time a new request would take.
+//!
+//! **Peak rule.** A sample above the estimate replaces it at once; a sample below moves the estimate
+//! toward it with weight `1 - exp(-Δt/decay)`, where `Δt` is the time since the previous update. An
+//! endpoint that becomes slow is avoided after one slow response; one that becomes fast is trusted
+//! again over about `decay` (default 10 s, Linkerd 2's value). The decay is per unit *time*, not per
+//! sample, so it does not depend on the request rate.
+//!
+//! **Idle decay.** When the cost is *read*, the estimate is faded toward zero by `exp(-idle/decay)`,
+//! `idle` being the time since the last update (Finagle and tower do the same by updating with a zero
+//! sample on each read). Without it an endpoint that once answered slowly would keep its peak forever,
+//! since it gets no requests that could lower it; with it, an avoided endpoint is tried again after a
+//! while (`decay × ln(estimate / others' cost)`), and one response restores its peak if it is still slow.
+//! Reads do not write, so they are one atomic load each.
+//!
+//! **Failures.** A least-loaded balancer loves an endpoint that fails in 1 ms: it looks like the fastest
+//! endpoint of the set and drains traffic into a black hole. So a response the classifier calls a
+//! failure is recorded as taking `max(observed, min(max_failure_rtt, failure_penalty × max(estimate,
+//! default_rtt)))`. With the defaults (penalty 5×, cap 10 s) a 10 ms endpoint that starts failing in
+//! 1 ms is costed 150 ms, 750 ms, 3.75 s, 10 s after one, two, three, four failures: the estimate grows
+//! geometrically, so a steadily failing endpoint quickly gets almost nothing (a retry-less success rate
+//! above 99 % in the `fast-fail` simulation of `benches/lb_quality.rs`), while one failure among
+//! successes costs a few seconds of reduced share that the successes decay away. The cap bounds how long
+//! a recovered endpoint waits to be tried again: `decay × ln(cap / others' cost)`, about 45 s.
+//! Ejection proper is the circuit breaker's business ([`crate::Health`]); this only keeps the cost honest.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mesh_balance::RttEstimate;
+//! use tokio::time::Instant;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let decay = Duration::from_secs(10);
+//! let t0 = Instant::now();
+//! let mut rtt = RttEstimate::new(Duration::from_millis(30), t0);
+//! rtt.observe(Duration::from_millis(100), t0, decay); // above: replaces
+//! assert_eq!(rtt.estimate(), Duration::from_millis(100));
+//! // 10 s later a 10 ms sample moves it by 1 - 1/e.
+//! rtt.observe(Duration::from_millis(10), t0 + decay, decay);
+//! let ms = rtt.estimate().as_secs_f64() * 1e3;
+//! assert!((ms - (100.0 / std::f64::consts::E + 10.0 * (1.0 - 1.0 / std::f64::consts::E))).abs() < 0.01);
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One endpoint's peak-EWMA round-trip estimate: the plain math, without atomics.
+///
+/// The balancer keeps the same state in atomics per endpoint; this type is the reference for the
+/// arithmetic and is usable on its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RttEstimate {
+    estimate_ns: f64,
+    updated: Instant,
+}
+
+// === impl RttEstimate ===
+
+impl RttEstimate {
+    /// An estimate of `initial`, last updated at `now`.
+    pub fn new(initial: Duration, now: Instant) -> Self {
+        Self {
+            estimate_ns: nanos(initial),
+            updated: now,
+        }
+    }
+
+    /// The current estimate, as last updated (no idle decay).
+    pub fn estimate(&self) -> Duration {
+        Duration::from_nanos(self.estimate_ns as u64)
+    }
+
+    /// The estimate as the balancer reads it at `now`: faded toward zero by `exp(-idle/decay)`.
+    pub fn decayed(&self, now: Instant, decay: Duration) -> Duration {
+        let idle = nanos(now.saturating_duration_since(self.updated));
+        Duration::from_nanos(idle_decay(self.estimate_ns, idle, nanos(decay)) as u64)
+    }
+
+    /// Records a response that took `rtt`, observed at `now` (peak rule).
+    pub fn observe(&mut self, rtt: Duration, now: Instant, decay: Duration) {
+        let elapsed = nanos(now.saturating_duration_since(self.updated));
+        self.estimate_ns = peak_ewma(self.estimate_ns, nanos(rtt), elapsed, nanos(decay));
+        self.updated = self.updated.max(now);
+    }
+
+    /// Records a *failed* response that took `rtt`: it counts as
+    /// `max(rtt, min(max_rtt, penalty × max(estimate, floor)))` (see the [module docs](self)).
+    pub fn observe_failure(
+        &mut self,
+        rtt: Duration,
+        now: Instant,
+        decay: Duration,
+        penalty: &Penalty,
+    ) {
+        let sample = penalty.sample(self.estimate_ns, nanos(rtt));
+        let elapsed = nanos(now.saturating_duration_since(self.updated));
+        self.estimate_ns = peak_ewma(self.estimate_ns, sample, elapsed, nanos(decay));
+        self.updated = self.updated.max(now);
+    }
+}
+
+/// How a failure is charged: `max(observed, min(max, factor × max(estimate, floor)))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Penalty {
+    /// Multiplier of the current estimate (`Config::failure_penalty`).
+    pub factor: f64,
+    /// The estimate is taken as at least this (`Config::default_rtt`), so an endpoint with a tiny
+    /// estimate is still charged meaningfully.
+    pub floor: Duration,
+    /// The most one failure is charged (`Config::max_failure_rtt`).
+    pub max: Duration,
+}
+
+impl Penalty {
+    fn sample(&self, estimate_ns: f64, observed_ns: f64) -> f64 {
+        let charged = (self.factor * estimate_ns.max(nanos(self.floor))).min(nanos(self.max));
+        observed_ns.max(charged)
+    }
+}
+
+/// Peak-EWMA update of `prev` with `sample`, `elapsed_ns` after the previous update.
+#[inline]
+fn peak_ewma(prev: f64, sample: f64, elapsed_ns: f64, decay_ns: f64) -> f64 {
+    if sample > prev {
+        sample
+    } else {
+        let w = (-elapsed_ns / decay_ns).exp();
+        prev * w + sample * (1.0 - w)
+    }
+}
+
+/// The estimate faded toward zero over `idle_ns`.
+#[inline]
+fn idle_decay(prev: f64, idle_ns: f64, decay_ns: f64) -> f64 {
+    if idle_ns <= 0.0 {
+        prev
+    } else {
+        prev * (-idle_ns / decay_ns).exp()
+    }
+}
+
+#[inline]
+pub(crate) fn nanos(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+/// One endpoint's load state, shared by every request to it: the estimate (f64 bits), when it was last
+/// updated (nanoseconds after the balancer's base instant), and the number of requests in flight.
+///
+/// Reads are plain atomic loads. Updates are a compare-and-swap loop on the estimate; a concurrent
+/// update may use a slightly stale `updated`, which only shifts one sample's weight by a few
+/// nanoseconds' worth of decay.
+#[derive(Debug)]
+pub(crate) struct EndpointLoad {
+    estimate_bits: AtomicU64,
+    updated_ns: AtomicU64,
+    pending: AtomicUsize,
+}
+
+// === impl EndpointLoad ===
+
+impl EndpointLoad {
+    pub(crate) fn new(default_rtt_ns: f64, now_ns: u64) -> Self {
+        Self {
+            estimate_bits: AtomicU64::new(default_rtt_ns.to_bits()),
+            updated_ns: AtomicU64::new(now_ns),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// `decayed estimate × (pending + 1)`, in nanoseconds.
+    #[inline]
+    pub(crate) fn cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let est = f64::from_bits(self.estimate_bits.load(Ordering::Relaxed));
+        let updated = self.updated_ns.load(Ordering::Relaxed);
+        let idle = now_ns.saturating_sub(updated) as f64;
+        let pending = self.pending.load(Ordering::Relaxed);
+        idle_decay(est, idle, decay_ns) * (pending as f64 + 1.0)
+    }
+
+    /// The estimate in nanoseconds, decayed for idleness at `now_ns`.
+    pub(crate) fn estimate_ns(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let est = f64::from_bits(self.estimate_bits.load(Ordering::Relaxed));
+        let idle = now_ns.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
+        idle_decay(est, idle, decay_ns)
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn start(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn finish(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records a response of `rtt_ns` at `now_ns`; failures are charged through `penalty`.
+    pub(crate) fn observe(
+        &self,
+        rtt_ns: f64,
+        failed: Option<&Penalty>,
+        now_ns: u64,
+        decay_ns: f64,
+    ) {
+        let updated = self.updated_ns.load(Ordering::Relaxed);
+        let elapsed = now_ns.saturating_sub(updated) as f64;
+        let _ = self
+            .estimate_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let prev = f64::from_bits(bits);
+                let sample = match failed {
+                    Some(p) => p.sample(prev, rtt_ns),
+                    None => rtt_ns,
+                };
+                Some(peak_ewma(prev, sample, elapsed, decay_ns).to_bits())
+            });
+        self.updated_ns.fetch_max(now_ns, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECAY: Duration = Duration::from_secs(10);
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_above_the_estimate_replaces_it() {
+        let t0 = Instant::now();
+        let mut rtt = RttEstimate::new(Duration::from_millis(30), t0);
+        rtt.observe(
+            Duration::from_millis(250),
+            t0 + Duration::from_millis(1),
+            DECAY,
+        );
+        assert_eq!(rtt.estimate(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_below_decays_toward_it_by_elapsed_time() {
+        let t0 = Instant::now();
+        let mut rtt = RttEstimate::new(Duration::from_millis(100), t0);
+        // Half a time constant later: weight exp(-0.5) on the old value.
+        rtt.observe(Duration::from_millis(20), t0 + DECAY / 2, DECAY);
+        let w = (-0.5f64).exp();
+        let want = 100.0 * w + 20.0 * (1.0 - w);
+        assert!(
+            (ms(rtt.estimate()) - want).abs() < 1e-3,
+            "{:?}",
+            rtt.estimate()
+        );
+
+        // A sample at the same instant does not move it (Δt = 0).
+        let before = rtt.estimate();
+        rtt.observe(Duration::from_millis(1), t0 + DECAY / 2, DECAY);
+        assert_eq!(rtt.estimate(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_an_idle_estimate_fades_it_toward_zero() {
+        let t0 = Instant::now();
+        let rtt = RttEstimate::new(Duration::from_millis(100), t0);
+        assert_eq!(rtt.decayed(t0, DECAY), Duration::from_millis(100));
+        let later = ms(rtt.decayed(t0 + DECAY, DECAY));
+        assert!(
+            (later - 100.0 / std::f64::consts::E).abs() < 1e-3,
+            "{later}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_charged_geometrically_up_to_the_cap() {
+        let t0 = Instant::now();
+        let penalty = Penalty {
+            factor: 5.0,
+            floor: Duration::from_millis(30),
+            max: Duration::from_secs(10),
+        };
+        let mut rtt = RttEstimate::new(Duration::from_millis(10), t0);
+        let fast = Duration::from_millis(1);
+        let mut seen = Vec::new();
+        for i in 1..=5 {
+            rtt.observe_failure(fast, t0 + Duration::from_millis(i), DECAY, &penalty);
+            seen.push(ms(rtt.estimate()).round() as u64);
+        }
+        // floor 30 ms × 5, then 5× the previous estimate, capped at 10 s.
+        assert_eq!(seen, vec![150, 750, 3750, 10_000, 10_000]);
+
+        // A slow failure is charged at least its real time.
+        let mut slow = RttEstimate::new(Duration::from_millis(10), t0);
+        let p = Penalty {
+            max: Duration::from_millis(100),
+            ..penalty
+        };
+        slow.observe_failure(Duration::from_secs(2), t0, DECAY, &p);
+        assert_eq!(slow.estimate(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn atomic_load_state_matches_the_reference_math() {
+        let decay_ns = nanos(DECAY);
+        let load = EndpointLoad::new(30e6, 0);
+        load.observe(100e6, None, 1_000, decay_ns);
+        assert_eq!(load.estimate_ns(1_000, decay_ns), 100e6);
+        load.observe(10e6, None, 1_000 + 5_000_000_000, decay_ns);
+        let w = (-0.5f64).exp();
+        let want = 100e6 * w + 10e6 * (1.0 - w);
+        let got = load.estimate_ns(1_000 + 5_000_000_000, decay_ns);
+        assert!((got - want).abs() < 1.0, "{got} vs {want}");
+
+        load.start();
+        load.start();
+        let cost = load.cost(1_000 + 5_000_000_000, decay_ns);
+        assert!((cost - 3.0 * want).abs() < 3.0);
+        load.finish();
+        assert_eq!(load.pending(), 1);
+    }
+}

@@ -1,0 +1,946 @@
+//! The balancer: power of two choices over peak-EWMA cost, as a cheaply clonable [`tower::Service`].
+//!
+//! **Choice.** For each request the balancer draws two distinct endpoints at random and sends the
+//! request to the one with the lower cost, `peak-EWMA RTT × (pending + 1) / weight` (Mitzenmacher's
+//! "power of two choices"; the cost is Finagle's and Linkerd 2's peak-EWMA load, see [`crate::ewma`]).
+//! Two random choices avoid both the herd behaviour of "always the least loaded" (every client piles
+//! onto the same endpoint between updates) and the blindness of round robin, at O(1) per request.
+//! A weight of 0 drains an endpoint: it is chosen only if every endpoint is drained. Weights shape
+//! the share *under load* (with equal latencies, pending counts settle where `(pending + 1) / weight`
+//! is equal, so a weight-2 endpoint carries about twice the requests); at very low concurrency the
+//! heavier endpoint simply wins most comparisons. Exact traffic splits (canaries) belong to the router,
+//! not to endpoint weights.
+//!
+//! Cost of a choice: two random numbers, two health loads, two cost reads (three atomic loads each);
+//! no allocation, no lock. Only when a drawn endpoint is ejected, probing or drained does the balancer
+//! scan the set (O(n) atomic loads) to count what is available and decide on panic mode.
+//!
+//! **Health.** Each endpoint carries a [`Health`] handle that a circuit breaker flips. Ejected
+//! endpoints are not candidates; an endpoint in [`HealthState::Probing`] gets exactly one request when
+//! it is drawn ([`Health::try_acquire_probe`]). When fewer than
+//! [`Config::panic_threshold`] (default 50 %, Envoy's) of the non-drained endpoints are available,
+//! the balancer is in *panic mode* and balances over all of them: better to spread load over endpoints
+//! the breaker distrusts than to crush the few that are left (Envoy's reasoning).
+//!
+//! **Why not `tower::balance::p2c`.** tower's balancer owns its endpoints and needs `&mut self`, so a
+//! shared client puts it behind a `Buffer` task: every request crosses a channel, and the balancer only
+//! learns of discovery changes and endpoint readiness when a request polls it (tower#824); after a
+//! removal its cached ready index can point at the wrong endpoint (tower#856). Here, instead:
+//! - the endpoint set is an immutable snapshot behind an [`arc_swap::ArcSwap`], rebuilt by one
+//!   background task ([`Driver`]) that consumes the discovery stream; updates never block requests,
+//!   and a removed endpoint's in-flight requests hold an `Arc` and finish;
+//! - [`Balance`] is a handle (an `Arc` and a per-handle random generator): clone it into every task,
+//!   no `Buffer` needed;
+//! - per-endpoint load (estimate, pending count) is in atomics on the endpoint, never behind a global
+//!   lock; `call` picks and increments `pending` at once, and a guard decrements it when the response
+//!   future completes *or is dropped*, so cancellation cannot leak load;
+//! - the endpoint services are `Clone` (a connection handle, typically): the chosen one is cloned into
+//!   the response future, which drives its `ready()` and `call`. The balancer's own `poll_ready` is
+//!   always ready.
+//!
+//! **Empty set.** When the set is empty, a request waits in a bounded queue
+//! ([`Config::queue_capacity`], default 1024, Envoy's pending cap) for at most
+//! [`Config::failfast_timeout`] (default 3 s) for an endpoint to appear, then fails with
+//! [`Error::NoEndpoints`]; beyond the queue's capacity it fails at once with [`Error::QueueFull`].
+//!
+//! **Observed latency.** [`Balance::latency`] gives the set's recent p50/p95/p99 (see
+//! [`crate::latency`]) for retry and hedging decisions; [`Balance::endpoints`] the per-endpoint state.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use futures_util::stream;
+//! use mesh_balance::{Balance, Config, Endpoint};
+//! use tower::discover::Change;
+//! use tower::{service_fn, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mesh_balance::BoxError> {
+//! let echo = |name: &'static str| service_fn(move |req: u32| async move {
+//!     Ok::<_, Infallible>(format!("{name}: {req}"))
+//! });
+//! let discover = stream::iter([
+//!     Ok::<_, Infallible>(Change::Insert("a", Endpoint::new(echo("a")))),
+//!     Ok(Change::Insert("b", Endpoint::new(echo("b")).weight(2))),
+//! ]);
+//! let mut balance = Balance::builder(Config::default()).spawn(discover)?;
+//! let rsp = balance.ready().await?.call(7).await?;
+//! assert!(rsp.ends_with(": 7"));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_core::Stream;
+use futures_util::{FutureExt, StreamExt};
+use pin_project_lite::pin_project;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::discover::Change;
+use tower::Service;
+
+use crate::classify::{Classify, ErrIsFailure};
+use crate::config::Config;
+use crate::error::{BoxError, BuildError, Error};
+use crate::ewma::{nanos, EndpointLoad, Penalty};
+use crate::health::{Health, HealthState};
+use crate::latency::{LatencyHistogram, LatencySummary};
+
+/// What discovery inserts: the endpoint's service, its weight and its health handle.
+///
+/// ```
+/// use mesh_balance::{Endpoint, Health};
+///
+/// let health = Health::new(); // keep a clone for the circuit breaker
+/// let ep = Endpoint::new(()).weight(3).health(health.clone());
+/// assert_eq!(ep.weight, 3);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Endpoint<S> {
+    /// The endpoint's service (cloned into each request sent to it).
+    pub service: S,
+    /// Relative share: the cost is divided by it. `0` drains the endpoint. Default 1.
+    pub weight: u32,
+    /// The health handle the circuit breaker drives. Default: a fresh, available handle.
+    pub health: Health,
+}
+
+// === impl Endpoint ===
+
+impl<S> Endpoint<S> {
+    /// An endpoint of weight 1 with a fresh [`Health`].
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            weight: 1,
+            health: Health::new(),
+        }
+    }
+
+    /// Sets the weight.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Uses `health` (shared with a circuit breaker) as the endpoint's health handle.
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+}
+
+/// A read-only view of one endpoint's balancing state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointStats<K> {
+    /// The discovery key.
+    pub key: K,
+    /// The peak-EWMA latency estimate as the balancer reads it now.
+    pub rtt_estimate: Duration,
+    /// Requests in flight to this endpoint through this balancer.
+    pub pending: usize,
+    /// Its health state.
+    pub health: HealthState,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// Configuration shared by every endpoint and request, resolved once at construction.
+struct Common<C> {
+    classify: C,
+    latency: LatencyHistogram,
+    base: Instant,
+    decay_ns: f64,
+    default_rtt_ns: f64,
+    penalty: Penalty,
+    panic_threshold: f64,
+    queue_capacity: usize,
+    failfast_timeout: Duration,
+}
+
+impl<C> Common<C> {
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.base)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+}
+
+/// One endpoint in a snapshot.
+struct Member<K, S, C> {
+    key: K,
+    service: S,
+    weight: u32,
+    /// `1 / weight`, or 1 for a drained endpoint (only used when everything is drained).
+    inv_weight: f64,
+    health: Health,
+    load: Arc<EndpointLoad>,
+    common: Arc<Common<C>>,
+}
+
+impl<K, S, C> Member<K, S, C> {
+    #[inline]
+    fn eligible(&self) -> bool {
+        self.weight > 0 && self.health.is_available()
+    }
+
+    #[inline]
+    fn cost(&self, now_ns: u64) -> f64 {
+        self.load.cost(now_ns, self.common.decay_ns) * self.inv_weight
+    }
+}
+
+struct Snapshot<K, S, C> {
+    members: Vec<Arc<Member<K, S, C>>>,
+}
+
+struct Shared<K, S, C> {
+    snapshot: Arc<ArcSwap<Snapshot<K, S, C>>>,
+    updates: watch::Receiver<u64>,
+    common: Arc<Common<C>>,
+    waiting: AtomicUsize,
+    seeds: AtomicU64,
+}
+
+/// The balancer handle: a [`tower::Service`] that sends each request to one endpoint of the current
+/// set. Clone it freely; clones share the endpoint set and its state. See the [module docs](self).
+pub struct Balance<K, S, C = ErrIsFailure> {
+    shared: Arc<Shared<K, S, C>>,
+    rng: Rng,
+}
+
+/// Builds a [`Balance`]: configuration and failure classification, then the discovery stream.
+#[derive(Debug)]
+pub struct Builder<C = ErrIsFailure> {
+    config: Config,
+    classify: C,
+}
+
+/// The background task that applies discovery changes to the balancer's endpoint set.
+///
+/// [`Builder::spawn`] spawns it; [`Builder::build`] returns it for you to run (e.g. on a runtime of
+/// your choice). It ends when the discovery stream ends or every [`Balance`] handle is dropped. If it
+/// is not running, the set never changes.
+#[must_use = "the endpoint set only changes while the driver runs"]
+pub struct Driver {
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+// === impl Builder ===
+
+impl Builder<ErrIsFailure> {
+    /// A builder with `config` and the default classifier ([`ErrIsFailure`]).
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            classify: ErrIsFailure,
+        }
+    }
+}
+
+impl<C> Builder<C> {
+    /// Uses `classify` to decide which outcomes are failures (e.g. HTTP 5xx).
+    pub fn classify<C2>(self, classify: C2) -> Builder<C2> {
+        Builder {
+            config: self.config,
+            classify,
+        }
+    }
+
+    /// Builds the balancer and spawns its [`Driver`] on the current tokio runtime.
+    pub fn spawn<K, S, D, E>(self, discover: D) -> Result<Balance<K, S, C>, BuildError>
+    where
+        D: Stream<Item = Result<Change<K, Endpoint<S>>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current()?;
+        let (balance, driver) = self.build(discover)?;
+        runtime.spawn(driver);
+        Ok(balance)
+    }
+
+    /// Builds the balancer and returns the [`Driver`] that must run for the set to change.
+    pub fn build<K, S, D, E>(self, discover: D) -> Result<(Balance<K, S, C>, Driver), BuildError>
+    where
+        D: Stream<Item = Result<Change<K, Endpoint<S>>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+    {
+        let config = self.config;
+        config.validate()?;
+        let common = Arc::new(Common {
+            classify: self.classify,
+            latency: LatencyHistogram::new(config.latency_half_life),
+            base: Instant::now(),
+            decay_ns: nanos(config.decay),
+            default_rtt_ns: nanos(config.default_rtt),
+            penalty: Penalty {
+                factor: config.failure_penalty,
+                floor: config.default_rtt,
+                max: config.max_failure_rtt,
+            },
+            panic_threshold: config.panic_threshold,
+            queue_capacity: config.queue_capacity,
+            failfast_timeout: config.failfast_timeout,
+        });
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
+            members: Vec::new(),
+        }));
+        let (tx, rx) = watch::channel(0u64);
+        let seed = config
+            .seed
+            .unwrap_or_else(|| RandomState::new().hash_one(0x6d65_7368u64));
+        let shared = Arc::new(Shared {
+            snapshot: snapshot.clone(),
+            updates: rx,
+            common: common.clone(),
+            waiting: AtomicUsize::new(0),
+            seeds: AtomicU64::new(seed),
+        });
+        let driver = Driver {
+            future: Box::pin(drive(discover, tx, snapshot, common)),
+        };
+        let rng = Rng::new(shared.seeds.fetch_add(GOLDEN, Ordering::Relaxed));
+        Ok((Balance { shared, rng }, driver))
+    }
+}
+
+/// Applies discovery changes, in batches, to the snapshot.
+async fn drive<K, S, C, D, E>(
+    discover: D,
+    tx: watch::Sender<u64>,
+    snapshot: Arc<ArcSwap<Snapshot<K, S, C>>>,
+    common: Arc<Common<C>>,
+) where
+    D: Stream<Item = Result<Change<K, Endpoint<S>>, E>>,
+    E: Into<BoxError>,
+    K: Hash + Eq + Clone,
+{
+    let mut discover = std::pin::pin!(discover);
+    let mut members: Vec<Arc<Member<K, S, C>>> = Vec::new();
+    let mut index: HashMap<K, usize> = HashMap::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = tx.closed() => {
+                tracing::debug!("every balancer handle was dropped; stopping discovery");
+                return;
+            }
+            next = discover.next() => next,
+        };
+        let mut changed = false;
+        let mut item = next;
+        loop {
+            match item {
+                None => {
+                    if changed {
+                        publish(&snapshot, &tx, &members);
+                    }
+                    tracing::debug!(
+                        endpoints = members.len(),
+                        "discovery stream ended; keeping the last endpoint set"
+                    );
+                    return;
+                }
+                Some(Err(e)) => {
+                    let e: BoxError = e.into();
+                    tracing::warn!(error = %e, "discovery error; keeping the current endpoint set");
+                }
+                Some(Ok(change)) => {
+                    apply(change, &mut members, &mut index, &common);
+                    changed = true;
+                }
+            }
+            // Take every change that is already available, then publish once.
+            match discover.next().now_or_never() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        if changed {
+            publish(&snapshot, &tx, &members);
+        }
+    }
+}
+
+fn apply<K, S, C>(
+    change: Change<K, Endpoint<S>>,
+    members: &mut Vec<Arc<Member<K, S, C>>>,
+    index: &mut HashMap<K, usize>,
+    common: &Arc<Common<C>>,
+) where
+    K: Hash + Eq + Clone,
+{
+    match change {
+        Change::Insert(key, ep) => {
+            let existing = index.get(&key).copied();
+            // A re-inserted key (new weight, new connection) keeps its learned latency.
+            let load = match existing {
+                Some(i) => members[i].load.clone(),
+                None => Arc::new(EndpointLoad::new(common.default_rtt_ns, common.now_ns())),
+            };
+            let member = Arc::new(Member {
+                key: key.clone(),
+                service: ep.service,
+                weight: ep.weight,
+                inv_weight: if ep.weight == 0 {
+                    1.0
+                } else {
+                    1.0 / f64::from(ep.weight)
+                },
+                health: ep.health,
+                load,
+                common: common.clone(),
+            });
+            match existing {
+                Some(i) => members[i] = member,
+                None => {
+                    index.insert(key, members.len());
+                    members.push(member);
+                }
+            }
+        }
+        Change::Remove(key) => {
+            if let Some(i) = index.remove(&key) {
+                members.swap_remove(i);
+                if let Some(moved) = members.get(i) {
+                    index.insert(moved.key.clone(), i);
+                }
+            }
+        }
+    }
+}
+
+fn publish<K, S, C>(
+    snapshot: &ArcSwap<Snapshot<K, S, C>>,
+    tx: &watch::Sender<u64>,
+    members: &[Arc<Member<K, S, C>>],
+) {
+    snapshot.store(Arc::new(Snapshot {
+        members: members.to_vec(),
+    }));
+    tx.send_modify(|version| *version = version.wrapping_add(1));
+}
+
+// === impl Driver ===
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+// === impl Balance ===
+
+impl Balance<(), (), ErrIsFailure> {
+    /// A [`Builder`] with `config`.
+    pub fn builder(config: Config) -> Builder<ErrIsFailure> {
+        Builder::new(config)
+    }
+}
+
+impl<K: Clone, S, C> Balance<K, S, C> {
+    /// The number of endpoints in the current set (drained and ejected included).
+    pub fn len(&self) -> usize {
+        self.shared.snapshot.load().members.len()
+    }
+
+    /// Whether the current set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many requests are waiting for the empty set to fill.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Each endpoint's current balancing state, in snapshot order. Allocates; not for the request path.
+    pub fn endpoints(&self) -> Vec<EndpointStats<K>> {
+        let now = self.shared.common.now_ns();
+        let decay = self.shared.common.decay_ns;
+        self.shared
+            .snapshot
+            .load()
+            .members
+            .iter()
+            .map(|m| EndpointStats {
+                key: m.key.clone(),
+                rtt_estimate: Duration::from_nanos(m.load.estimate_ns(now, decay) as u64),
+                pending: m.load.pending(),
+                health: m.health.state(),
+                weight: m.weight,
+            })
+            .collect()
+    }
+
+    /// The set's recent latency percentiles (successful responses), or `None` before the first one.
+    pub fn latency(&self) -> Option<LatencySummary> {
+        self.shared.common.latency.summary()
+    }
+}
+
+impl<K, S, C> Clone for Balance<K, S, C> {
+    fn clone(&self) -> Self {
+        let seed = self.shared.seeds.fetch_add(GOLDEN, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+            rng: Rng::new(seed),
+        }
+    }
+}
+
+impl<K, S, C> fmt::Debug for Balance<K, S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balance")
+            .field("endpoints", &self.shared.snapshot.load().members.len())
+            .field("waiting", &self.shared.waiting.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, S, C, Req> Service<Req> for Balance<K, S, C>
+where
+    K: Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<K, S, C, Req>;
+
+    /// Always ready: waiting for endpoints happens in the response future, bounded.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let state = match self.shared.try_pick(&mut self.rng) {
+            Picked::Member(in_flight) => State::Ready {
+                service: in_flight.member.service.clone(),
+                in_flight: Some(in_flight),
+                req: Some(req),
+            },
+            Picked::Empty => {
+                let capacity = self.shared.common.queue_capacity;
+                if self.shared.waiting.fetch_add(1, Ordering::AcqRel) >= capacity {
+                    self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                    State::Failed {
+                        error: Some(Error::QueueFull { capacity }),
+                    }
+                } else {
+                    let slot = WaitSlot(self.shared.clone());
+                    let rng = Rng::new(self.rng.next_u64());
+                    State::Waiting {
+                        wait: Box::pin(wait_for_endpoints(slot, rng)),
+                        req: Some(req),
+                    }
+                }
+            }
+            Picked::NoneAvailable { endpoints } => State::Failed {
+                error: Some(Error::NoneAvailable { endpoints }),
+            },
+        };
+        ResponseFuture { state }
+    }
+}
+
+enum Picked<K, S, C> {
+    Member(InFlight<K, S, C>),
+    Empty,
+    NoneAvailable { endpoints: usize },
+}
+
+// === impl Shared ===
+
+impl<K, S, C> Shared<K, S, C> {
+    fn try_pick(&self, rng: &mut Rng) -> Picked<K, S, C> {
+        let snapshot = self.snapshot.load();
+        let now_ns = self.common.now_ns();
+        match pick(&snapshot.members, rng, now_ns, self.common.panic_threshold) {
+            Choice::Member(member, probe) => {
+                member.load.start();
+                Picked::Member(InFlight {
+                    member: member.clone(),
+                    start_ns: now_ns,
+                    probe,
+                    done: false,
+                })
+            }
+            Choice::Empty => Picked::Empty,
+            Choice::NoneAvailable => Picked::NoneAvailable {
+                endpoints: snapshot.members.len(),
+            },
+        }
+    }
+}
+
+enum Choice<'a, K, S, C> {
+    Member(&'a Arc<Member<K, S, C>>, bool),
+    Empty,
+    NoneAvailable,
+}
+
+/// Power of two choices with health, probes, panic mode and drained endpoints.
+///
+/// Fast path (the common case): two distinct random members, both available and weighted: the
+/// cheaper wins; no scan. Because the pair is uniform over the whole set, this is also a correct draw
+/// in panic mode. Otherwise one O(n) pass counts available and weighted members, picks the pool
+/// (available; all weighted in panic mode; everything if all are drained) and draws two from it.
+#[inline]
+fn pick<'a, K, S, C>(
+    members: &'a [Arc<Member<K, S, C>>],
+    rng: &mut Rng,
+    now_ns: u64,
+    panic_threshold: f64,
+) -> Choice<'a, K, S, C> {
+    let n = members.len();
+    if n == 0 {
+        return Choice::Empty;
+    }
+    if n == 1 {
+        let m = &members[0];
+        if m.eligible() {
+            return Choice::Member(m, false);
+        }
+        if m.health.state() == HealthState::Probing && m.health.try_acquire_probe() {
+            return Choice::Member(m, true);
+        }
+    } else {
+        let (i, j) = rng.two_distinct(n);
+        let (a, b) = (&members[i], &members[j]);
+        if a.eligible() && b.eligible() {
+            return Choice::Member(cheaper(a, b, now_ns), false);
+        }
+        // A drawn endpoint waiting for its probe gets this request.
+        for m in [a, b] {
+            if m.weight > 0
+                && m.health.state() == HealthState::Probing
+                && m.health.try_acquire_probe()
+            {
+                return Choice::Member(m, true);
+            }
+        }
+    }
+
+    let (mut weighted, mut available) = (0usize, 0usize);
+    for m in members {
+        if m.weight > 0 {
+            weighted += 1;
+            if m.health.is_available() {
+                available += 1;
+            }
+        }
+    }
+    let (pool, size): (Pool<K, S, C>, usize) = if weighted == 0 {
+        (|_| true, n)
+    } else if (available as f64) < panic_threshold * weighted as f64 {
+        (|m| m.weight > 0, weighted)
+    } else if available == 0 {
+        return Choice::NoneAvailable;
+    } else {
+        (Member::eligible, available)
+    };
+    if size == 1 {
+        return match nth(members, pool, 0) {
+            Some(m) => Choice::Member(m, false),
+            None => Choice::Empty,
+        };
+    }
+    let (r1, r2) = rng.two_distinct(size);
+    match (nth(members, pool, r1), nth(members, pool, r2)) {
+        (Some(a), Some(b)) => Choice::Member(cheaper(a, b, now_ns), false),
+        (Some(m), None) | (None, Some(m)) => Choice::Member(m, false),
+        (None, None) => Choice::Empty,
+    }
+}
+
+/// Which members a fallback draw is from.
+type Pool<K, S, C> = fn(&Member<K, S, C>) -> bool;
+
+#[inline]
+fn cheaper<'a, K, S, C>(
+    a: &'a Arc<Member<K, S, C>>,
+    b: &'a Arc<Member<K, S, C>>,
+    now_ns: u64,
+) -> &'a Arc<Member<K, S, C>> {
+    if b.cost(now_ns) < a.cost(now_ns) {
+        b
+    } else {
+        a
+    }
+}
+
+fn nth<K, S, C>(
+    members: &[Arc<Member<K, S, C>>],
+    pool: Pool<K, S, C>,
+    k: usize,
+) -> Option<&Arc<Member<K, S, C>>> {
+    members.iter().filter(|m| pool(m)).nth(k)
+}
+
+// === waiting for endpoints ===
+
+/// One place in the bounded wait queue; released on drop.
+struct WaitSlot<K, S, C>(Arc<Shared<K, S, C>>);
+
+impl<K, S, C> Drop for WaitSlot<K, S, C> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type WaitFuture<K, S, C> = Pin<Box<dyn Future<Output = Result<InFlight<K, S, C>, Error>> + Send>>;
+
+async fn wait_for_endpoints<K, S, C>(
+    slot: WaitSlot<K, S, C>,
+    mut rng: Rng,
+) -> Result<InFlight<K, S, C>, Error> {
+    let shared = &slot.0;
+    let start = Instant::now();
+    let deadline = start + shared.common.failfast_timeout;
+    let mut updates = shared.updates.clone();
+    loop {
+        // Mark first, then look: a change published after the look wakes `changed()`.
+        updates.mark_unchanged();
+        match shared.try_pick(&mut rng) {
+            Picked::Member(in_flight) => return Ok(in_flight),
+            Picked::NoneAvailable { endpoints } => return Err(Error::NoneAvailable { endpoints }),
+            Picked::Empty => {}
+        }
+        match tokio::time::timeout_at(deadline, updates.changed()).await {
+            Ok(Ok(())) => continue,
+            // The driver stopped: the set will not change any more.
+            Ok(Err(_)) => tokio::time::sleep_until(deadline).await,
+            Err(_elapsed) => {}
+        }
+        return Err(Error::NoEndpoints {
+            waited: Instant::now().saturating_duration_since(start),
+        });
+    }
+}
+
+// === in-flight accounting ===
+
+/// A request charged to an endpoint: holds it alive, counts it pending until dropped.
+struct InFlight<K, S, C> {
+    member: Arc<Member<K, S, C>>,
+    start_ns: u64,
+    probe: bool,
+    done: bool,
+}
+
+impl<K, S, C> InFlight<K, S, C> {
+    /// Records the outcome: RTT (from the pick, endpoint readiness included) and classification.
+    fn complete<Rsp, E>(&mut self, result: &Result<Rsp, E>)
+    where
+        C: Classify<Rsp, E>,
+    {
+        let common = &self.member.common;
+        let now_ns = common.now_ns();
+        let rtt_ns = now_ns.saturating_sub(self.start_ns);
+        let failed = common.classify.is_failure(result);
+        self.member.load.observe(
+            rtt_ns as f64,
+            failed.then_some(&common.penalty),
+            now_ns,
+            common.decay_ns,
+        );
+        if !failed {
+            common.latency.record(Duration::from_nanos(rtt_ns), now_ns);
+        }
+        self.done = true;
+    }
+}
+
+impl<K, S, C> Drop for InFlight<K, S, C> {
+    fn drop(&mut self) {
+        self.member.load.finish();
+        if self.probe && !self.done {
+            self.member.health.cancel_probe();
+        }
+    }
+}
+
+// === impl ResponseFuture ===
+
+pin_project! {
+    /// The response of [`Balance`]: waits for an endpoint if the set is empty, then drives the chosen
+    /// endpoint's `ready()` and `call`, and records the outcome into its load.
+    pub struct ResponseFuture<K, S, C, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<K, S, C, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<K, S, C, Req>
+    where
+        S: Service<Req>,
+    {
+        Failed { error: Option<Error> },
+        Waiting { wait: WaitFuture<K, S, C>, req: Option<Req> },
+        Ready { in_flight: Option<InFlight<K, S, C>>, service: S, req: Option<Req> },
+        Called { in_flight: Option<InFlight<K, S, C>>, #[pin] future: S::Future },
+        Done,
+    }
+}
+
+impl<K, S, C, Req> Future for ResponseFuture<K, S, C, Req>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error.into()));
+                }
+                StateProj::Waiting { wait, req } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(in_flight) => {
+                        let req = req.take();
+                        let service = in_flight.member.service.clone();
+                        this.state.set(State::Ready {
+                            in_flight: Some(in_flight),
+                            service,
+                            req,
+                        });
+                    }
+                    Err(error) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error.into()));
+                    }
+                },
+                StateProj::Ready {
+                    in_flight,
+                    service,
+                    req,
+                } => match ready!(service.poll_ready(cx)) {
+                    Ok(()) => {
+                        let req = req.take().expect("ResponseFuture polled after completion");
+                        let future = service.call(req);
+                        let in_flight = in_flight.take();
+                        this.state.set(State::Called { in_flight, future });
+                    }
+                    Err(e) => {
+                        let result = Err(e);
+                        if let Some(mut in_flight) = in_flight.take() {
+                            in_flight.complete(&result);
+                        }
+                        this.state.set(State::Done);
+                        return Poll::Ready(result.map_err(Into::into));
+                    }
+                },
+                StateProj::Called { in_flight, future } => {
+                    let result = ready!(future.poll(cx));
+                    if let Some(mut in_flight) = in_flight.take() {
+                        in_flight.complete(&result);
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<K, S, C, Req> fmt::Debug for ResponseFuture<K, S, C, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Failed { .. } => "failed",
+            State::Waiting { .. } => "waiting for endpoints",
+            State::Ready { .. } => "waiting for endpoint readiness",
+            State::Called { .. } => "in flight",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+// === random numbers ===
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// splitmix64: one add and three multiply-xorshifts per draw, no shared state. Each [`Balance`]
+/// handle owns one, seeded from a shared counter, so handles never contend on the generator.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    #[inline]
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-32 for any set size).
+    #[inline]
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Two distinct uniform indices in `0..n`, `n >= 2`.
+    #[inline]
+    fn two_distinct(&mut self, n: usize) -> (usize, usize) {
+        let i = self.below(n);
+        let mut j = self.below(n - 1);
+        if j >= i {
+            j += 1;
+        }
+        (i, j)
+    }
+}

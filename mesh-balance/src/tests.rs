@@ -1,0 +1,468 @@
+//! Balancer behaviour on tokio's paused clock: every test is deterministic (fixed seed) and takes
+//! simulated, not real, time.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tower::discover::Change;
+use tower::{Service, ServiceExt};
+
+use crate::{Balance, BoxError, Config, Endpoint, Error, Health, HealthState};
+
+/// A test endpoint: answers after `latency` with an HTTP-like status, counts its calls.
+#[derive(Clone)]
+struct Backend {
+    latency: Duration,
+    status: u16,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    fn new(latency_ms: u64) -> Self {
+        Self {
+            latency: Duration::from_millis(latency_ms),
+            status: 200,
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn failing(latency_ms: u64) -> Self {
+        Self {
+            status: 503,
+            ..Self::new(latency_ms)
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl Service<u32> for Backend {
+    type Response = u16;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<u16, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let (latency, status) = (self.latency, self.status);
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            Ok(status)
+        })
+    }
+}
+
+type Tx = mpsc::UnboundedSender<Result<Change<usize, Endpoint<Backend>>, Infallible>>;
+type Http5xx = fn(&Result<u16, Infallible>) -> bool;
+type Lb = Balance<usize, Backend, Http5xx>;
+
+fn is_5xx(r: &Result<u16, Infallible>) -> bool {
+    matches!(r, Ok(s) if *s >= 500)
+}
+
+fn config() -> Config {
+    Config {
+        seed: Some(7),
+        ..Config::default()
+    }
+}
+
+fn balancer(config: Config) -> (Lb, Tx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let lb = Balance::builder(config)
+        .classify(is_5xx as Http5xx)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    (lb, tx)
+}
+
+fn insert(tx: &Tx, key: usize, ep: Endpoint<Backend>) {
+    tx.send(Ok(Change::Insert(key, ep))).unwrap();
+}
+
+/// Waits (in simulated time) until the driver has published a set of `n` endpoints.
+async fn settle(lb: &Lb, n: usize) {
+    for _ in 0..1000 {
+        if lb.len() == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("endpoint set never reached {n} (is {})", lb.len());
+}
+
+/// `workers` closed-loop clients, each sending `per_worker` requests back to back. Returns the
+/// statuses seen (or 0 for a balancer error).
+async fn load(lb: &Lb, workers: usize, per_worker: usize) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let mut lb = lb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(per_worker);
+            for i in 0..per_worker {
+                let r = lb
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call((w * per_worker + i) as u32)
+                    .await;
+                out.push(r.unwrap_or(0));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_give_a_proportional_share_under_load() {
+    let (lb, tx) = balancer(config());
+    let (heavy, light) = (Backend::new(10), Backend::new(10));
+    insert(&tx, 0, Endpoint::new(heavy.clone()).weight(2));
+    insert(&tx, 1, Endpoint::new(light.clone()).weight(1));
+    settle(&lb, 2).await;
+
+    load(&lb, 30, 200).await;
+    let ratio = heavy.calls() as f64 / light.calls() as f64;
+    assert!(
+        (1.6..=2.6).contains(&ratio),
+        "heavy {} light {} ratio {ratio}",
+        heavy.calls(),
+        light.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drained_endpoint_gets_nothing_unless_everything_is_drained() {
+    let (lb, tx) = balancer(config());
+    let (live, drained) = (Backend::new(5), Backend::new(5));
+    insert(&tx, 0, Endpoint::new(live.clone()));
+    insert(&tx, 1, Endpoint::new(drained.clone()).weight(0));
+    settle(&lb, 2).await;
+    load(&lb, 4, 50).await;
+    assert_eq!(drained.calls(), 0);
+    assert_eq!(live.calls(), 200);
+
+    tx.send(Ok(Change::Remove(0))).unwrap();
+    settle(&lb, 1).await;
+    let statuses = load(&lb, 1, 5).await;
+    assert_eq!(statuses, vec![200; 5]);
+    assert_eq!(drained.calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_endpoint_gets_less_traffic() {
+    let (lb, tx) = balancer(config());
+    let fast: Vec<Backend> = (0..3).map(|_| Backend::new(10)).collect();
+    let slow = Backend::new(100);
+    for (i, b) in fast.iter().enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()));
+    }
+    insert(&tx, 3, Endpoint::new(slow.clone()));
+    settle(&lb, 4).await;
+
+    load(&lb, 8, 300).await;
+    let total: usize = fast.iter().map(Backend::calls).sum::<usize>() + slow.calls();
+    let share = slow.calls() as f64 / total as f64;
+    // Round robin would give it 25 %.
+    assert!(share < 0.05, "slow endpoint got {share:.3} of {total}");
+    let stats = lb.endpoints();
+    let slow_stats = stats.iter().find(|s| s.key == 3).unwrap();
+    assert!(
+        slow_stats.rtt_estimate > Duration::from_millis(20),
+        "{slow_stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_failing_endpoint_gets_little_traffic() {
+    let (lb, tx) = balancer(config());
+    let good: Vec<Backend> = (0..3).map(|_| Backend::new(10)).collect();
+    let bad = Backend::failing(1);
+    for (i, b) in good.iter().enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()));
+    }
+    insert(&tx, 3, Endpoint::new(bad.clone()));
+    settle(&lb, 4).await;
+
+    let statuses = load(&lb, 8, 300).await;
+    let failures = statuses.iter().filter(|s| **s == 503).count();
+    // A least-loaded balancer without failure accounting would send it most of the traffic.
+    assert_eq!(failures, bad.calls());
+    assert!(
+        failures < statuses.len() / 100,
+        "{failures} of {} failed",
+        statuses.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_failure_classifier_the_fast_failing_endpoint_is_a_black_hole() {
+    // The same fleet with a classifier that calls nothing a failure: the 1 ms endpoint looks fastest.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let never = (|_: &Result<u16, Infallible>| false) as Http5xx;
+    let lb: Lb = Balance::builder(config())
+        .classify(never)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    let bad = Backend::failing(1);
+    for i in 0..3 {
+        insert(&tx, i, Endpoint::new(Backend::new(10)));
+    }
+    insert(&tx, 3, Endpoint::new(bad.clone()));
+    settle(&lb, 4).await;
+    let statuses = load(&lb, 8, 300).await;
+    assert!(bad.calls() > statuses.len() / 4, "{} calls", bad.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejected_endpoint_gets_none() {
+    let (lb, tx) = balancer(config());
+    let backends: Vec<Backend> = (0..4).map(|_| Backend::new(10)).collect();
+    let healths: Vec<Health> = (0..4).map(|_| Health::new()).collect();
+    for (i, b) in backends.iter().enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()).health(healths[i].clone()));
+    }
+    settle(&lb, 4).await;
+    // Two of four ejected: half are available, which is not panic.
+    healths[0].eject();
+    healths[1].eject();
+    load(&lb, 4, 100).await;
+    assert_eq!(backends[0].calls() + backends[1].calls(), 0);
+    assert_eq!(backends[2].calls() + backends[3].calls(), 400);
+    let states: Vec<HealthState> = lb.endpoints().iter().map(|s| s.health).collect();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| **s == HealthState::Ejected)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_balances_over_all_when_fewer_than_half_are_available() {
+    let (lb, tx) = balancer(config());
+    let backends: Vec<Backend> = (0..4).map(|_| Backend::new(10)).collect();
+    let healths: Vec<Health> = (0..4).map(|_| Health::new()).collect();
+    for (i, b) in backends.iter().enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()).health(healths[i].clone()));
+    }
+    settle(&lb, 4).await;
+    for h in &healths[..3] {
+        h.eject();
+    }
+    load(&lb, 8, 100).await;
+    for (i, b) in backends.iter().enumerate() {
+        assert!(b.calls() > 50, "endpoint {i} got {} of 800", b.calls());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_can_be_disabled() {
+    let (lb, tx) = balancer(Config {
+        panic_threshold: 0.0,
+        ..config()
+    });
+    let h = Health::new();
+    insert(&tx, 0, Endpoint::new(Backend::new(1)).health(h.clone()));
+    settle(&lb, 1).await;
+    h.eject();
+    let mut lb2 = lb.clone();
+    let err = lb2.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Error>(),
+        Some(&Error::NoneAvailable { endpoints: 1 })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probing_endpoint_gets_exactly_one_request() {
+    let (lb, tx) = balancer(config());
+    let backends: Vec<Backend> = (0..4).map(|_| Backend::new(10)).collect();
+    let probed = Health::new();
+    for (i, b) in backends.iter().enumerate() {
+        let health = if i == 0 {
+            probed.clone()
+        } else {
+            Health::new()
+        };
+        insert(&tx, i, Endpoint::new(b.clone()).health(health));
+    }
+    settle(&lb, 4).await;
+    probed.eject();
+    probed.probe();
+    // Nothing (no breaker here) restores it, so after its probe it must get nothing more.
+    load(&lb, 8, 100).await;
+    assert_eq!(backends[0].calls(), 1);
+    assert_eq!(probed.state(), HealthState::Probing);
+    assert!(!probed.try_acquire_probe(), "the probe was handed out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_is_handed_back() {
+    let (lb, tx) = balancer(config());
+    let h = Health::new();
+    insert(&tx, 0, Endpoint::new(Backend::new(1000)).health(h.clone()));
+    settle(&lb, 1).await;
+    h.eject();
+    h.probe();
+    let mut lb2 = lb.clone();
+    let fut = lb2.ready().await.unwrap().call(1);
+    assert!(!h.try_acquire_probe(), "the call claimed the probe");
+    assert_eq!(lb.endpoints()[0].pending, 1);
+    drop(fut);
+    assert_eq!(lb.endpoints()[0].pending, 0);
+    assert!(
+        h.try_acquire_probe(),
+        "dropping the probe request releases it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn removal_during_in_flight_lets_the_request_finish() {
+    let (lb, tx) = balancer(config());
+    let slow = Backend::new(1000);
+    insert(&tx, 0, Endpoint::new(slow.clone()));
+    settle(&lb, 1).await;
+    let mut lb2 = lb.clone();
+    let inflight = tokio::spawn(async move { lb2.ready().await.unwrap().call(1).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(slow.calls(), 1);
+    tx.send(Ok(Change::Remove(0))).unwrap();
+    settle(&lb, 0).await;
+    assert_eq!(inflight.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_set_fails_fast_after_the_configured_timeout() {
+    let (lb, _tx) = balancer(Config {
+        failfast_timeout: Duration::from_millis(750),
+        ..config()
+    });
+    let start = Instant::now();
+    let mut lb2 = lb.clone();
+    let err = lb2.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(750));
+    assert_eq!(
+        err.downcast_ref::<Error>(),
+        Some(&Error::NoEndpoints {
+            waited: Duration::from_millis(750)
+        })
+    );
+    assert_eq!(lb.waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_queue_is_bounded() {
+    let (lb, _tx) = balancer(Config {
+        queue_capacity: 2,
+        ..config()
+    });
+    let mut lb2 = lb.clone();
+    let mut first = lb2.call(1);
+    let mut second = lb2.call(2);
+    assert!((&mut first).now_or_never().is_none());
+    assert!((&mut second).now_or_never().is_none());
+    assert_eq!(lb.waiting(), 2);
+    let third: Result<u16, BoxError> = lb2.call(3).now_or_never().expect("fails at once");
+    assert_eq!(
+        third.unwrap_err().downcast_ref::<Error>(),
+        Some(&Error::QueueFull { capacity: 2 })
+    );
+    // Leaving the queue frees the places.
+    drop(first);
+    drop(second);
+    assert_eq!(lb.waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_added_while_requests_wait_get_them() {
+    let (lb, tx) = balancer(config());
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        let mut lb = lb.clone();
+        waiting.push(tokio::spawn(async move {
+            lb.ready().await.unwrap().call(i).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lb.waiting(), 5);
+    let b = Backend::new(10);
+    insert(&tx, 0, Endpoint::new(b.clone()));
+    for w in waiting {
+        assert_eq!(w.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(b.calls(), 5);
+    assert_eq!(lb.waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_requests_do_not_leak_pending_load() {
+    let (lb, tx) = balancer(config());
+    insert(&tx, 0, Endpoint::new(Backend::new(100)));
+    insert(&tx, 1, Endpoint::new(Backend::new(100)));
+    settle(&lb, 2).await;
+    let mut lb2 = lb.clone();
+    let futs: Vec<_> = (0..10).map(|i| lb2.call(i)).collect();
+    assert_eq!(lb.endpoints().iter().map(|s| s.pending).sum::<usize>(), 10);
+    let r = tokio::time::timeout(
+        Duration::from_millis(10),
+        futures_util::future::join_all(futs),
+    )
+    .await;
+    assert!(r.is_err(), "timed out and dropped");
+    assert_eq!(lb.endpoints().iter().map(|s| s.pending).sum::<usize>(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_set_latency_summary_follows_successes() {
+    let (lb, tx) = balancer(config());
+    assert_eq!(lb.latency(), None);
+    insert(&tx, 0, Endpoint::new(Backend::new(20)));
+    insert(&tx, 1, Endpoint::new(Backend::failing(1)));
+    settle(&lb, 2).await;
+    load(&lb, 2, 50).await;
+    let s = lb.latency().unwrap();
+    // Only the 20 ms successes count; the 1 ms failures do not pull the median down.
+    assert!((19..=21).contains(&s.p50.as_millis()), "{s:?}");
+    assert!((19..=21).contains(&s.p95.as_millis()), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reinserting_a_key_updates_weight_and_keeps_learned_latency() {
+    let (lb, tx) = balancer(config());
+    insert(&tx, 0, Endpoint::new(Backend::new(200)));
+    settle(&lb, 1).await;
+    load(&lb, 1, 3).await;
+    insert(&tx, 0, Endpoint::new(Backend::new(200)).weight(5));
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let stats = lb.endpoints();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].weight, 5);
+    assert!(
+        stats[0].rtt_estimate > Duration::from_millis(150),
+        "{stats:?}"
+    );
+}
