@@ -219,9 +219,7 @@ impl<B, E> mesh_balance::Classify<http::Response<B>, E> for ClassifyHttp {
             .get(mesh_core::error::GRPC_STATUS)
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .and_then(|s| s.trim().parse::<u16>().ok())
-            .is_some_and(|code| {
-                self.grpc.classify(code) != mesh_core::classify::Class::Success
-            })
+            .is_some_and(|code| self.grpc.classify(code) != mesh_core::classify::Class::Success)
     }
 }
 
@@ -430,9 +428,7 @@ impl ClientBuilder {
                                     .health(health),
                             ))),
                             // Unusable (e.g. mTLS required but no identity): leave it out.
-                            None => endpoints
-                                .remove(&addr)
-                                .map(|_| Ok(Change::Remove(addr))),
+                            None => endpoints.remove(&addr).map(|_| Ok(Change::Remove(addr))),
                         }
                     }
                     Ok(Change::Remove(addr)) => {

@@ -172,12 +172,13 @@ impl ServerBuilder {
         let inbound = self.layer(app)?;
         #[cfg(feature = "tls")]
         if let Some((credentials, config)) = self.tls {
-            let acceptor = mesh_tls::server::TlsAcceptor::new(credentials, config).map_err(|e| {
-                ServerError::Config {
-                    layer: "tls",
-                    reason: e.to_string(),
-                }
-            })?;
+            let acceptor =
+                mesh_tls::server::TlsAcceptor::new(credentials, config).map_err(|e| {
+                    ServerError::Config {
+                        layer: "tls",
+                        reason: e.to_string(),
+                    }
+                })?;
             mesh_tls::server::serve(listener, acceptor, inbound, shutdown).await;
             return Ok(());
         }

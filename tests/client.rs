@@ -30,8 +30,8 @@ async fn most_requests_go_to_the_fast_endpoint() {
     init_tracing();
     let fast = Backend::start("fast", Duration::from_millis(1), 200).await;
     let slow = Backend::start("slow", Duration::from_millis(60), 200).await;
-    let discovery = Discovery::fixed([Endpoint::new(fast.addr), Endpoint::new(slow.addr)])
-        .expect("discovery");
+    let discovery =
+        Discovery::fixed([Endpoint::new(fast.addr), Endpoint::new(slow.addr)]).expect("discovery");
     let client = meshwork::client(discovery)
         .authority("svc.test")
         .build::<Empty<Bytes>>()
@@ -92,7 +92,10 @@ async fn discovery_updates_move_traffic() {
         if get(&client).await.0 == "b" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "update never applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "update never applied"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before = a.hits();
@@ -133,7 +136,10 @@ async fn a_request_without_any_authority_is_rejected() {
         .expect("client");
     let req = http::Request::get("/").body(Empty::new()).expect("request");
     let err = client.request(req).await.expect_err("no authority");
-    assert!(matches!(err, meshwork::client::Error::MissingAuthority), "{err}");
+    assert!(
+        matches!(err, meshwork::client::Error::MissingAuthority),
+        "{err}"
+    );
     assert_eq!(backend.hits(), 0);
 }
 
@@ -142,8 +148,8 @@ async fn server_errors_steer_traffic_away() {
     init_tracing();
     let good = Backend::start("good", Duration::from_millis(2), 200).await;
     let bad = Backend::start("bad", Duration::ZERO, 503).await;
-    let discovery = Discovery::fixed([Endpoint::new(good.addr), Endpoint::new(bad.addr)])
-        .expect("discovery");
+    let discovery =
+        Discovery::fixed([Endpoint::new(good.addr), Endpoint::new(bad.addr)]).expect("discovery");
     let client = meshwork::client(discovery)
         .authority("svc.test")
         .build::<Empty<Bytes>>()

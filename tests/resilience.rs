@@ -17,8 +17,7 @@ fn get() -> http::Request<Empty<Bytes>> {
 }
 
 fn client_for(addrs: &[std::net::SocketAddr]) -> meshwork::Client<Empty<Bytes>> {
-    let discovery =
-        Discovery::fixed(addrs.iter().map(|a| Endpoint::new(*a))).expect("discovery");
+    let discovery = Discovery::fixed(addrs.iter().map(|a| Endpoint::new(*a))).expect("discovery");
     meshwork::client(discovery)
         .authority("svc.test")
         .build()
@@ -46,7 +45,9 @@ async fn non_idempotent_requests_are_not_retried_after_reaching_the_server() {
     init_tracing();
     let backend = Backend::start("failing", Duration::ZERO, 503).await;
     let client = client_for(&[backend.addr]);
-    let req = http::Request::post("/").body(Empty::new()).expect("request");
+    let req = http::Request::post("/")
+        .body(Empty::new())
+        .expect("request");
     let rsp = client.request(req).await.expect("response");
     assert_eq!(rsp.status(), 503);
     assert_eq!(backend.hits(), 1);
@@ -79,7 +80,11 @@ async fn grpc_timeout_reaches_the_backend_reduced() {
     let rsp = client.request(req).await.expect("response");
     assert_eq!(rsp.status(), 200);
 
-    let value = seen.lock().expect("lock").clone().expect("grpc-timeout sent");
+    let value = seen
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("grpc-timeout sent");
     let (digits, unit) = value.split_at(value.len() - 1);
     let amount: u64 = digits.parse().expect("digits");
     let nanos = match unit {
@@ -178,7 +183,9 @@ async fn a_killed_backend_is_ejected_until_its_probe_succeeds() {
 
     // While ejected, the endpoint gets nothing; bring it back on the same address, and after the
     // backoff (1 s, jittered) a probe finds it and restores it.
-    let listener = tokio::net::TcpListener::bind(dead_addr).await.expect("rebind");
+    let listener = tokio::net::TcpListener::bind(dead_addr)
+        .await
+        .expect("rebind");
     let revived = Backend::on(listener, "dead", handler(|_, _| async { status(200) }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {

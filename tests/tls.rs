@@ -30,7 +30,9 @@ fn credentials(ca: &DevCa, identity: &str) -> Credentials {
 /// Starts `world` behind the meshwork server (strict mTLS, only `hello` allowed); it answers
 /// with the identity of its caller.
 async fn start_world(ca: &DevCa) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
         let caller = match req.extensions().get::<PeerIdentity>() {
@@ -46,11 +48,7 @@ async fn start_world(ca: &DevCa) -> std::net::SocketAddr {
     addr
 }
 
-fn client(
-    ca: &DevCa,
-    me: &str,
-    endpoint: Endpoint,
-) -> meshwork::Client<Empty<Bytes>> {
+fn client(ca: &DevCa, me: &str, endpoint: Endpoint) -> meshwork::Client<Empty<Bytes>> {
     let config = meshwork::balance::Config {
         failfast_timeout: Duration::from_millis(300),
         ..Default::default()
@@ -88,7 +86,10 @@ async fn a_server_with_another_identity_is_refused() {
     let confused = client(&ca, HELLO, Endpoint::new(addr).with_identity(HELLO));
     let err = confused.request(get()).await.expect_err("refused");
     let text = format!("{err:?}");
-    assert!(text.contains("mismatch") || text.contains("Mismatch"), "{text}");
+    assert!(
+        text.contains("mismatch") || text.contains("Mismatch"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -18,8 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub type Response = http::Response<Full<Bytes>>;
-pub type Handler =
-    Arc<dyn Fn(http::Request<Incoming>, usize) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(http::Request<Incoming>, usize) -> Pin<Box<dyn Future<Output = Response> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A backend serving HTTP/1.1 and HTTP/2 on 127.0.0.1. Each request gets the handler's answer,
 /// with the backend's name in `x-backend`. `kill` closes the listener and every open connection.
@@ -34,19 +37,22 @@ pub struct Backend {
 impl Backend {
     /// A backend that answers `status` after `delay`, echoing the `Host` it saw in `x-seen-host`.
     pub async fn start(name: &'static str, delay: Duration, status: u16) -> Backend {
-        Self::with_handler(name, handler(move |req, _| async move {
-            tokio::time::sleep(delay).await;
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .cloned()
-                .unwrap_or_else(|| http::HeaderValue::from_static("-"));
-            http::Response::builder()
-                .status(status)
-                .header("x-seen-host", host)
-                .body(Full::new(Bytes::from_static(b"ok")))
-                .unwrap()
-        }))
+        Self::with_handler(
+            name,
+            handler(move |req, _| async move {
+                tokio::time::sleep(delay).await;
+                let host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .cloned()
+                    .unwrap_or_else(|| http::HeaderValue::from_static("-"));
+                http::Response::builder()
+                    .status(status)
+                    .header("x-seen-host", host)
+                    .body(Full::new(Bytes::from_static(b"ok")))
+                    .unwrap()
+            }),
+        )
         .await
     }
 

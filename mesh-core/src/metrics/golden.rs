@@ -1,0 +1,498 @@
+//! Golden HTTP metrics as a tower layer: requests, responses by classification and status, and a
+//! latency histogram, per target.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use http::{Extensions, HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Unit;
+use tokio::time::Instant;
+
+use super::classify::{classify_default, Classification, ClassifyFn};
+use super::histogram::LatencyHistogram;
+use super::registry::MetricsRegistry;
+use crate::graph::{DestinationEdges, EdgeStats};
+use crate::stat::ServiceStats;
+
+/// Where in the stack a set of golden metrics is measured; it gives the metric name prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A server's inbound requests (`meshwork_inbound_*`), before the application.
+    Inbound,
+    /// A client's logical route (`meshwork_route_*`), before retries: what the application saw.
+    Route,
+    /// One backend of a route (`meshwork_backend_*`), e.g. one side of a traffic split.
+    Backend,
+    /// One endpoint (`meshwork_endpoint_*`): every attempt, retries and hedges included.
+    Endpoint,
+}
+
+impl Scope {
+    /// The metric name prefix, e.g. `meshwork_route`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Scope::Inbound => "meshwork_inbound",
+            Scope::Route => "meshwork_route",
+            Scope::Backend => "meshwork_backend",
+            Scope::Endpoint => "meshwork_endpoint",
+        }
+    }
+}
+
+/// The labels that identify one target (a route, backend, endpoint or inbound service).
+///
+/// Built once when the target's stack is built; cloning is a reference-count increment.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TargetLabels(Arc<[(&'static str, String)]>);
+
+/// The labels of one `*_responses_total` series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ResponseLabels {
+    target: TargetLabels,
+    classification: Classification,
+    /// `None` when the inner service failed without a response.
+    status: Option<u16>,
+}
+
+/// The three metric families of one [`Scope`], registered once in a [`MetricsRegistry`].
+#[derive(Clone, Debug)]
+pub struct HttpMetricFamilies {
+    scope: Scope,
+    requests: Family<TargetLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<TargetLabels, LatencyHistogram>,
+}
+
+/// The metric handles of one target, looked up once.
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    requests: Counter,
+    latency: LatencyHistogram,
+    responses: Arc<ResponseCache>,
+}
+
+/// Per-target cache of `*_responses_total` children: a handful of (status, classification) pairs
+/// cover nearly all traffic, so they are kept in lock-free slots filled on first use; anything
+/// beyond falls back to the family's map.
+struct ResponseCache {
+    family: Family<ResponseLabels, Counter>,
+    target: TargetLabels,
+    slots: [OnceLock<(u32, Counter)>; RESPONSE_SLOTS],
+}
+
+const RESPONSE_SLOTS: usize = 8;
+
+/// Extracts the name of the calling workload from an inbound request (its verified TLS identity
+/// or a trusted header), for the service graph.
+pub type SourceFn = for<'a> fn(&'a HeaderMap, &'a Extensions) -> Option<&'a str>;
+
+/// Makes [`HttpMetricsLayer`]s, one per target: `NewHttpMetrics` is shared by the whole stack and
+/// [`NewHttpMetrics::layer_for`] resolves the target's metric handles once.
+#[derive(Clone, Debug)]
+pub struct NewHttpMetrics {
+    families: HttpMetricFamilies,
+    classify: ClassifyFn,
+}
+
+/// The layer for one target; see [`HttpMetrics::layer`].
+#[derive(Clone)]
+pub struct HttpMetricsLayer {
+    handles: Arc<Handles>,
+}
+
+#[derive(Clone)]
+struct Handles {
+    metrics: TargetMetrics,
+    classify: ClassifyFn,
+    stats: Option<Arc<ServiceStats>>,
+    edge: Option<Arc<EdgeStats>>,
+    inbound: Option<(Arc<DestinationEdges>, SourceFn)>,
+}
+
+/// Records golden metrics (and optionally the stat window and service-graph edges) for every
+/// request that passes through to `S`.
+#[derive(Clone)]
+pub struct HttpMetrics<S> {
+    inner: S,
+    handles: Arc<Handles>,
+}
+
+pin_project! {
+    /// Response future of [`HttpMetrics`]: records the outcome when the response headers arrive.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        start: Instant,
+        handles: Arc<Handles>,
+        edge: Option<Arc<EdgeStats>>,
+    }
+}
+
+// === impl TargetLabels ===
+
+impl TargetLabels {
+    /// Arbitrary labels, in order.
+    pub fn new<V: Into<String>>(labels: impl IntoIterator<Item = (&'static str, V)>) -> Self {
+        Self(labels.into_iter().map(|(k, v)| (k, v.into())).collect())
+    }
+
+    /// `{service}` for [`Scope::Inbound`].
+    pub fn inbound(service: impl Into<String>) -> Self {
+        Self::new([("service", service.into())])
+    }
+
+    /// `{route}` for [`Scope::Route`].
+    pub fn route(route: impl Into<String>) -> Self {
+        Self::new([("route", route.into())])
+    }
+
+    /// `{route, backend}` for [`Scope::Backend`].
+    pub fn backend(route: impl Into<String>, backend: impl Into<String>) -> Self {
+        Self::new([("route", route.into()), ("backend", backend.into())])
+    }
+
+    /// `{backend, endpoint}` for [`Scope::Endpoint`]; `endpoint` is the socket address.
+    pub fn endpoint(backend: impl Into<String>, endpoint: impl Into<String>) -> Self {
+        Self::new([("backend", backend.into()), ("endpoint", endpoint.into())])
+    }
+
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Debug for TargetLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v)))
+            .finish()
+    }
+}
+
+impl EncodeLabelSet for TargetLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        self.0.as_ref().encode(encoder)
+    }
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        self.target.encode(encoder)?;
+        EncodeLabel::encode(
+            &("classification", self.classification.as_str()),
+            encoder.encode_label(),
+        )?;
+        if let Some(status) = self.status {
+            EncodeLabel::encode(&("status", status), encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+// === impl HttpMetricFamilies ===
+
+impl HttpMetricFamilies {
+    /// Registers `<prefix>_requests_total`, `<prefix>_responses_total` and
+    /// `<prefix>_response_latency_seconds` for `scope` in `registry`. Call it once per scope.
+    pub fn register(registry: &MetricsRegistry, scope: Scope) -> Self {
+        let families = Self {
+            scope,
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::default(),
+        };
+        let prefix = scope.prefix();
+        registry.register(
+            &format!("{prefix}_requests"),
+            "Requests received, counted when the request is dispatched",
+            families.requests.clone(),
+        );
+        registry.register(
+            &format!("{prefix}_responses"),
+            "Responses by classification (success or failure) and HTTP status",
+            families.responses.clone(),
+        );
+        registry.register_with_unit(
+            &format!("{prefix}_response_latency"),
+            "Time from dispatching the request to receiving the response headers",
+            Unit::Seconds,
+            families.latency.clone(),
+        );
+        families
+    }
+
+    /// The scope these families were registered for.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// Looks up (creating if needed) the handles of one target. Done once per target.
+    pub fn target(&self, labels: &TargetLabels) -> TargetMetrics {
+        TargetMetrics {
+            requests: self.requests.get_or_create_owned(labels),
+            latency: self.latency.get_or_create_owned(labels),
+            responses: Arc::new(ResponseCache {
+                family: self.responses.clone(),
+                target: labels.clone(),
+                slots: Default::default(),
+            }),
+        }
+    }
+}
+
+// === impl TargetMetrics ===
+
+impl TargetMetrics {
+    /// Requests counted so far for this target.
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// The target's latency histogram.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// Responses counted so far with this classification and status (`None`: no response).
+    pub fn responses(&self, classification: Classification, status: Option<u16>) -> u64 {
+        self.responses
+            .family
+            .get(&self.responses.labels(classification, status))
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+}
+
+// === impl ResponseCache ===
+
+impl ResponseCache {
+    fn labels(&self, classification: Classification, status: Option<u16>) -> ResponseLabels {
+        ResponseLabels {
+            target: self.target.clone(),
+            classification,
+            status,
+        }
+    }
+
+    #[inline]
+    fn inc(&self, classification: Classification, status: Option<u16>) {
+        let key = (u32::from(status.unwrap_or(0)) << 1) | u32::from(!classification.is_success());
+        for slot in &self.slots {
+            match slot.get() {
+                Some((k, counter)) if *k == key => {
+                    counter.inc();
+                    return;
+                }
+                Some(_) => continue,
+                None => {
+                    let counter = self
+                        .family
+                        .get_or_create_owned(&self.labels(classification, status));
+                    counter.inc();
+                    // Losing the race for the slot is fine: the counter is the family's child.
+                    let _ = slot.set((key, counter));
+                    return;
+                }
+            }
+        }
+        self.family
+            .get_or_create(&self.labels(classification, status))
+            .inc();
+    }
+}
+
+impl fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl NewHttpMetrics ===
+
+impl NewHttpMetrics {
+    /// Uses `families` and the default classifier ([`classify_default`]).
+    pub fn new(families: HttpMetricFamilies) -> Self {
+        Self {
+            families,
+            classify: classify_default,
+        }
+    }
+
+    /// Replaces the success/failure classifier (e.g. with the resilience layer's).
+    pub fn with_classifier(mut self, classify: ClassifyFn) -> Self {
+        self.classify = classify;
+        self
+    }
+
+    /// The families this records into.
+    pub fn families(&self) -> &HttpMetricFamilies {
+        &self.families
+    }
+
+    /// The layer for one target: its metric handles are resolved here, once.
+    pub fn layer_for(&self, target: &TargetLabels) -> HttpMetricsLayer {
+        HttpMetrics::layer(self.families.target(target), self.classify)
+    }
+}
+
+// === impl HttpMetricsLayer ===
+
+impl HttpMetricsLayer {
+    fn handles_mut(&mut self) -> &mut Handles {
+        // Builder methods run before the layer is cloned into services, so this rarely copies.
+        Arc::make_mut(&mut self.handles)
+    }
+
+    /// Also records every request in a stat window (see [`crate::stat`]).
+    pub fn with_stats(mut self, stats: Arc<ServiceStats>) -> Self {
+        self.handles_mut().stats = Some(stats);
+        self
+    }
+
+    /// Also records every request on one fixed service-graph edge (outbound: this workload →
+    /// the route's service).
+    pub fn with_edge(mut self, edge: Arc<EdgeStats>) -> Self {
+        self.handles_mut().edge = Some(edge);
+        self
+    }
+
+    /// Also records every inbound request on the edge from its caller (named by `source`, or
+    /// `unknown`) to this service.
+    pub fn with_inbound_edges(
+        mut self,
+        destination: Arc<DestinationEdges>,
+        source: SourceFn,
+    ) -> Self {
+        self.handles_mut().inbound = Some((destination, source));
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetrics<S>;
+
+    fn layer(&self, inner: S) -> HttpMetrics<S> {
+        HttpMetrics {
+            inner,
+            handles: self.handles.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for HttpMetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMetricsLayer")
+            .field("metrics", &self.handles.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl HttpMetrics ===
+
+impl HttpMetrics<()> {
+    /// A layer recording into `metrics` (one target's handles, from
+    /// [`HttpMetricFamilies::target`]) and classifying responses with `classify`.
+    pub fn layer(metrics: TargetMetrics, classify: ClassifyFn) -> HttpMetricsLayer {
+        HttpMetricsLayer {
+            handles: Arc::new(Handles {
+                metrics,
+                classify,
+                stats: None,
+                edge: None,
+                inbound: None,
+            }),
+        }
+    }
+}
+
+impl<S> fmt::Debug for HttpMetrics<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMetrics")
+            .field("metrics", &self.handles.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for HttpMetrics<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.handles.metrics.requests.inc();
+        let edge = self.handles.inbound.as_ref().map(|(destination, source)| {
+            destination.source(source(req.headers(), req.extensions()))
+        });
+        ResponseFuture {
+            start: Instant::now(),
+            inner: self.inner.call(req),
+            handles: self.handles.clone(),
+            edge,
+        }
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let latency = this.start.elapsed();
+        let (class, status) = match &result {
+            Ok(rsp) => (
+                (this.handles.classify)(rsp.status(), rsp.headers()),
+                Some(rsp.status().as_u16()),
+            ),
+            Err(_) => (Classification::Failure, None),
+        };
+        let handles = &**this.handles;
+        handles.metrics.latency.observe(latency);
+        handles.metrics.responses.inc(class, status);
+        let success = class.is_success();
+        if let Some(stats) = &handles.stats {
+            stats.record(latency, success);
+        }
+        if let Some(edge) = &handles.edge {
+            edge.record(success);
+        }
+        if let Some(edge) = this.edge.take() {
+            edge.record(success);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,130 @@
+//! Per-route policy read by the resilience layers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::RouteError;
+
+/// What the resilience layers should do for requests on one route. Every field is optional: `None`
+/// means "use the layer's own default" (DESIGN.md "Resilience"), so an empty policy changes nothing.
+///
+/// The router puts the chosen route's policy into the request extensions (inside
+/// [`RouteTarget`](super::RouteTarget)); the deadline, retry, classification and hedging layers
+/// read it from there.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoutePolicy {
+    /// Total time allowed for a request on this route (the deadline layer takes the earliest of
+    /// this and any incoming deadline).
+    pub timeout: Option<Duration>,
+    /// Retries for this route; `None` keeps the retry layer's defaults.
+    pub retry: Option<RouteRetry>,
+    /// How responses are classified; `None` keeps the classifier's default
+    /// ([`Classification::RetryableIdempotent5xx`]).
+    pub classification: Option<Classification>,
+    /// Hedging; `None` means no hedged requests on this route.
+    pub hedge: Option<HedgePolicy>,
+}
+
+/// Retry settings for a route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteRetry {
+    /// Whether failed requests on this route may be retried at all.
+    pub enabled: bool,
+    /// A budget for this route instead of the shared one.
+    pub budget: Option<BudgetOverride>,
+}
+
+/// A retry budget for one route, in Finagle's `RetryBudget` terms (defaults: ttl 10 s, 10 retries
+/// per second, 20 %).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetOverride {
+    /// How long a deposit counts.
+    pub ttl: Duration,
+    /// Retries always allowed per second.
+    pub min_retries_per_sec: u32,
+    /// Fraction of requests that may be retried on top of that, in `[0, 1000]` (0.2 = 20 %).
+    pub percent_can_retry: f64,
+}
+
+impl Default for BudgetOverride {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(10),
+            min_retries_per_sec: 10,
+            percent_can_retry: 0.2,
+        }
+    }
+}
+
+/// Response classification presets, named after Linkerd 1's response classifiers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// 5xx are failures; 502, 503, 504 and connection errors are retryable for idempotent methods
+    /// (`io.l5d.http.retryableIdempotent5XX`, the default).
+    RetryableIdempotent5xx,
+    /// Like the above but only for read methods (GET, HEAD, OPTIONS, TRACE)
+    /// (`io.l5d.http.retryableRead5XX`).
+    RetryableRead5xx,
+    /// 5xx are failures; nothing is retryable (`io.l5d.http.nonRetryable5XX`).
+    NonRetryable5xx,
+    /// Every response is a success (`io.l5d.http.allSuccessful`).
+    AllSuccessful,
+    /// gRPC: by `grpc-status` (gRFC A6; UNAVAILABLE is retryable).
+    Grpc,
+    /// A classifier registered under this name elsewhere in the configuration.
+    Named(Arc<str>),
+}
+
+/// Hedging: after `delay` (or the endpoint set's observed latency percentile), send a second copy
+/// of an idempotent request and take the first response; hedges are charged to the retry budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HedgePolicy {
+    /// Latency percentile after which to hedge, in `(0, 1)` (default 0.95).
+    pub percentile: f64,
+    /// A fixed delay instead of the percentile (`None`: use the percentile).
+    pub delay: Option<Duration>,
+    /// Most extra copies per request (default 1).
+    pub max_hedges: u32,
+}
+
+impl Default for HedgePolicy {
+    fn default() -> Self {
+        Self {
+            percentile: 0.95,
+            delay: None,
+            max_hedges: 1,
+        }
+    }
+}
+
+// === impl RoutePolicy ===
+
+impl RoutePolicy {
+    /// Checks that the values are usable (positive timeout, percentile in range, ...).
+    pub fn validate(&self) -> Result<(), RouteError> {
+        let bad = |what: &'static str| Err(RouteError::InvalidPolicy { what });
+        if self.timeout == Some(Duration::ZERO) {
+            return bad("timeout must be above zero");
+        }
+        if let Some(RouteRetry {
+            budget: Some(b), ..
+        }) = &self.retry
+        {
+            if b.ttl < Duration::from_secs(1) || b.ttl > Duration::from_secs(60) {
+                return bad("retry budget ttl must be within [1s, 60s]");
+            }
+            if !(0.0..=1000.0).contains(&b.percent_can_retry) {
+                return bad("retry budget percent_can_retry must be within [0, 1000]");
+            }
+        }
+        if let Some(h) = &self.hedge {
+            if !(h.percentile > 0.0 && h.percentile < 1.0) {
+                return bad("hedge percentile must be within (0, 1)");
+            }
+            if h.max_hedges == 0 {
+                return bad("hedge max_hedges must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}

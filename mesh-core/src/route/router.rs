@@ -1,0 +1,600 @@
+//! The router: a tower service that routes each request to a per-leaf service.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+use super::cache::CacheEntry;
+use super::split::SplitSequence;
+use super::table::{host_key, request_host, Backend, RouteInfo, RouteTable};
+use super::{RouteError, RoutePolicy};
+use crate::dtab::{bind, explain, pick, BoundName, DelegateLimits, Dtab, Explanation, Namer, Path};
+
+/// Request header whose dtab is appended for this request only (Linkerd 1).
+pub const L5D_DTAB: HeaderName = HeaderName::from_static("l5d-dtab");
+/// Request header carrying the effective overrides down the call graph (Linkerd 1).
+pub const L5D_CTX_DTAB: HeaderName = HeaderName::from_static("l5d-ctx-dtab");
+/// Response header naming an error the mesh itself produced.
+pub const L5D_ERR: HeaderName = HeaderName::from_static("l5d-err");
+
+/// The boxed error type of the [`Router`] service.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type TrustFn = dyn Fn(&HeaderMap, &http::Extensions) -> bool + Send + Sync;
+
+/// From whom per-request dtab overrides (`l5d-dtab`, `l5d-ctx-dtab`) are honoured. Untrusted
+/// requests have both headers removed before forwarding.
+#[derive(Clone, Default)]
+pub enum OverrideTrust {
+    /// Never honour overrides (the default, right for an ingress facing the internet: an override
+    /// can send a request anywhere the namer can bind).
+    #[default]
+    Never,
+    /// Always honour them (inside a mesh where every caller is trusted).
+    Always,
+    /// Honour them when this returns true for the request's headers and extensions.
+    Custom(Arc<TrustFn>),
+}
+
+impl OverrideTrust {
+    /// Trust requests that carry an extension of type `T`, e.g. the verified peer identity that
+    /// the mTLS server layer inserts (`OverrideTrust::with_extension::<mesh_tls::PeerIdentity>()`):
+    /// overrides honoured from mesh peers only.
+    pub fn with_extension<T: Send + Sync + 'static>() -> Self {
+        OverrideTrust::Custom(Arc::new(|_, ext| ext.get::<T>().is_some()))
+    }
+
+    /// Trust requests for which `f` returns true.
+    pub fn custom(
+        f: impl Fn(&HeaderMap, &http::Extensions) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        OverrideTrust::Custom(Arc::new(f))
+    }
+
+    fn allows(&self, headers: &HeaderMap, ext: &http::Extensions) -> bool {
+        match self {
+            OverrideTrust::Never => false,
+            OverrideTrust::Always => true,
+            OverrideTrust::Custom(f) => f(headers, ext),
+        }
+    }
+}
+
+impl fmt::Debug for OverrideTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverrideTrust::Never => "Never",
+            OverrideTrust::Always => "Always",
+            OverrideTrust::Custom(_) => "Custom(..)",
+        })
+    }
+}
+
+/// Router settings.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Who may override the dtab per request (default [`OverrideTrust::Never`]).
+    pub overrides: OverrideTrust,
+    /// Delegation limits (default depth 100, as Finagle).
+    pub limits: DelegateLimits,
+    /// Most hosts cached per host-named backend (default 4096); beyond that, delegation runs per
+    /// request for new hosts, so arbitrary `Host` headers cannot grow memory without bound.
+    pub max_cached_names: usize,
+    /// Most per-leaf services kept (default 4096); beyond that a new leaf's service is built for
+    /// one request and not kept.
+    pub max_leaf_services: usize,
+    /// Seed of the sequence that chooses among the members of dtab unions (default 0).
+    pub seed: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            overrides: OverrideTrust::Never,
+            limits: DelegateLimits::default(),
+            max_cached_names: 4096,
+            max_leaf_services: 4096,
+            seed: 0,
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Checks the limits.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        self.limits
+            .validate()
+            .map_err(|e| RouteError::InvalidConfig {
+                what: e.to_string(),
+            })?;
+        if self.max_cached_names == 0 || self.max_leaf_services == 0 {
+            return Err(RouteError::InvalidConfig {
+                what: "max_cached_names and max_leaf_services must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where the router sent a request: inserted as a request extension for the layers below (retry,
+/// deadline, classification, hedging read [`RouteTarget::policy`]; metrics read the names).
+#[derive(Clone, Debug)]
+pub struct RouteTarget {
+    /// The matched route's name and policy.
+    pub route: Arc<RouteInfo>,
+    /// The logical name that was delegated (e.g. `/svc/world`).
+    pub logical: Path,
+    /// The bound name chosen (e.g. `/$/inet/127.0.0.1/4000`).
+    pub bound: BoundName,
+    /// Whether per-request overrides took part.
+    pub overridden: bool,
+}
+
+impl RouteTarget {
+    /// The route's policy.
+    pub fn policy(&self) -> &RoutePolicy {
+        &self.route.policy
+    }
+
+    /// The route's name.
+    pub fn route_name(&self) -> &str {
+        &self.route.name
+    }
+}
+
+struct DtabState {
+    dtab: Dtab,
+    version: u64,
+}
+
+struct Shared {
+    table: ArcSwap<RouteTable>,
+    dtab: ArcSwap<DtabState>,
+    versions: AtomicU64,
+    namer: Arc<dyn Namer>,
+    config: RouterConfig,
+    unions: SplitSequence,
+}
+
+/// The routing state shared by every clone of a [`Router`]: route table, base dtab, namer and
+/// settings. Cheap to clone; table and dtab can be replaced at run time (config reload) without
+/// blocking requests.
+#[derive(Clone)]
+pub struct Routing {
+    shared: Arc<Shared>,
+}
+
+// === impl Routing ===
+
+impl Routing {
+    /// Routing over `table`, delegating under `dtab` with `namer`.
+    pub fn new(
+        table: RouteTable,
+        dtab: Dtab,
+        namer: impl Namer,
+        config: RouterConfig,
+    ) -> Result<Self, RouteError> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                table: ArcSwap::from_pointee(table),
+                dtab: ArcSwap::from_pointee(DtabState { dtab, version: 0 }),
+                versions: AtomicU64::new(0),
+                namer: Arc::new(namer),
+                unions: SplitSequence::new(config.seed),
+                config,
+            }),
+        })
+    }
+
+    /// The layer that wraps a per-leaf service factory into a [`Router`].
+    pub fn layer(&self) -> RouterLayer {
+        RouterLayer {
+            routing: self.clone(),
+        }
+    }
+
+    /// Replaces the base dtab; cached delegations are recomputed on next use.
+    pub fn set_dtab(&self, dtab: Dtab) {
+        let version = self.shared.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared
+            .dtab
+            .store(Arc::new(DtabState { dtab, version }));
+    }
+
+    /// The base dtab.
+    pub fn dtab(&self) -> Dtab {
+        self.shared.dtab.load().dtab.clone()
+    }
+
+    /// Replaces the route table.
+    pub fn set_routes(&self, table: RouteTable) {
+        self.shared.table.store(Arc::new(table));
+    }
+
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.shared.table.load_full()
+    }
+
+    /// How `name` resolves under the base dtab followed by `overrides`, step by step.
+    pub fn explain(&self, name: &Path, overrides: &Dtab) -> Explanation {
+        let dtab = self.dtab().concat(overrides);
+        explain(&dtab, &self.shared.namer, name, self.shared.config.limits)
+    }
+
+    /// Routes one request: applies trusted overrides (and rewrites or strips the override headers),
+    /// selects the route, picks a backend and delegates its logical name to a bound name.
+    ///
+    /// Without overrides, delegation comes from a cache that is refreshed when the dtab or the
+    /// namer's generation changes; with overrides it runs afresh for this request.
+    pub fn route<B>(&self, req: &mut Request<B>) -> Result<RouteTarget, RouteError> {
+        let overrides = self.take_overrides(req)?;
+        let table = self.shared.table.load();
+        let Some(entry) = table.select(req) else {
+            return Err(RouteError::NoRoute {
+                method: req.method().clone(),
+                authority: request_host(req).unwrap_or("").to_owned(),
+                path: req.uri().path().to_owned(),
+            });
+        };
+        let slot = entry.pick_slot();
+        let info = entry.route().info();
+        let key = match &slot.backend {
+            Backend::Name(_) => None,
+            Backend::Host(_) => match request_host(req) {
+                Some(h) => Some(host_key(h)),
+                None => {
+                    return Err(RouteError::NoHost {
+                        route: info.name.to_string(),
+                    })
+                }
+            },
+        };
+        let logical_for = |backend: &Backend| -> Path {
+            match (backend, &key) {
+                (Backend::Name(p), _) => p.clone(),
+                (Backend::Host(prefix), Some(h)) => {
+                    prefix.child(h).unwrap_or_else(|| prefix.clone())
+                }
+                (Backend::Host(prefix), None) => prefix.clone(),
+            }
+        };
+        let u = self.shared.unions.next_unit();
+        let limits = self.shared.config.limits;
+
+        if let Some(over) = overrides {
+            let logical = logical_for(&slot.backend);
+            let dtab = self.shared.dtab.load().dtab.concat(&over);
+            let tree = bind(&dtab, &self.shared.namer, &logical, limits).map_err(|source| {
+                RouteError::Delegation {
+                    name: logical.clone(),
+                    source,
+                }
+            })?;
+            let bound = pick(&tree, u)
+                .map_err(|reason| RouteError::Unusable {
+                    name: logical.clone(),
+                    reason,
+                })?
+                .clone();
+            return Ok(RouteTarget {
+                route: info.clone(),
+                logical,
+                bound,
+                overridden: true,
+            });
+        }
+
+        let state = self.shared.dtab.load();
+        let gen = self.shared.namer.generation();
+        let k = key.as_deref().unwrap_or("");
+        let cached = match slot.cache.get(k, state.version, gen) {
+            Some(e) => e,
+            None => {
+                let name = logical_for(&slot.backend);
+                let result = bind(&state.dtab, &self.shared.namer, &name, limits);
+                let e = Arc::new(CacheEntry {
+                    dtab_version: state.version,
+                    namer_generation: gen,
+                    name,
+                    result,
+                });
+                slot.cache
+                    .insert(k, e.clone(), self.shared.config.max_cached_names);
+                e
+            }
+        };
+        let tree = match &cached.result {
+            Ok(t) => t,
+            Err(source) => {
+                return Err(RouteError::Delegation {
+                    name: cached.name.clone(),
+                    source: source.clone(),
+                })
+            }
+        };
+        let bound = pick(tree, u).map_err(|reason| RouteError::Unusable {
+            name: cached.name.clone(),
+            reason,
+        })?;
+        Ok(RouteTarget {
+            route: info.clone(),
+            logical: cached.name.clone(),
+            bound: bound.clone(),
+            overridden: false,
+        })
+    }
+
+    /// Reads, checks and rewrites the override headers. Returns the effective overrides, if any.
+    fn take_overrides<B>(&self, req: &mut Request<B>) -> Result<Option<Dtab>, RouteError> {
+        let has_ctx = req.headers().contains_key(&L5D_CTX_DTAB);
+        let has_dtab = req.headers().contains_key(&L5D_DTAB);
+        if !has_ctx && !has_dtab {
+            return Ok(None);
+        }
+        if !self
+            .shared
+            .config
+            .overrides
+            .allows(req.headers(), req.extensions())
+        {
+            req.headers_mut().remove(&L5D_CTX_DTAB);
+            req.headers_mut().remove(&L5D_DTAB);
+            return Ok(None);
+        }
+        // Linkerd 1 order: the context from upstream first, then this hop's own overrides.
+        let mut over = Dtab::empty();
+        for (name, header) in [(&L5D_CTX_DTAB, "l5d-ctx-dtab"), (&L5D_DTAB, "l5d-dtab")] {
+            for v in req.headers().get_all(name) {
+                let text = v
+                    .to_str()
+                    .map_err(|_| RouteError::OverrideNotText { header })?;
+                let d = Dtab::parse(text)
+                    .map_err(|source| RouteError::InvalidOverride { header, source })?;
+                over = over.concat(&d);
+            }
+        }
+        if has_dtab {
+            req.headers_mut().remove(&L5D_DTAB);
+            if over.is_empty() {
+                req.headers_mut().remove(&L5D_CTX_DTAB);
+            } else {
+                let v = HeaderValue::try_from(over.to_string()).map_err(|_| {
+                    RouteError::OverrideNotText {
+                        header: "l5d-ctx-dtab",
+                    }
+                })?;
+                req.headers_mut().insert(L5D_CTX_DTAB, v);
+            }
+        }
+        Ok((!over.is_empty()).then_some(over))
+    }
+}
+
+impl fmt::Debug for Routing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Routing")
+            .field("routes", &self.shared.table.load().routes().count())
+            .field("dtab", &self.shared.dtab.load().dtab.to_string())
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+/// Builds the service for one bound name (a leaf of the delegation): in production a balancer over
+/// that discovery source's endpoints. Called once per bound name; the router keeps the result and
+/// clones it per request.
+///
+/// Closures `Fn(&BoundName) -> S` implement it. Prefer a named type implementing the trait when
+/// the router is stored behind a trait object or awaited inside a spawned (`Send`) future: a boxed
+/// `dyn Fn(&BoundName) -> S` is higher-ranked over the reference's lifetime and rustc then fails
+/// to prove the future `Send` ("implementation of `From` is not general enough").
+pub trait NewLeafService {
+    /// The per-leaf service.
+    type Service;
+
+    /// Builds the service for `leaf`.
+    fn new_leaf(&self, leaf: &BoundName) -> Self::Service;
+}
+
+impl<F, S> NewLeafService for F
+where
+    F: Fn(&BoundName) -> S,
+{
+    type Service = S;
+
+    fn new_leaf(&self, leaf: &BoundName) -> S {
+        self(leaf)
+    }
+}
+
+/// The [`Layer`] that makes a [`Router`] over a [`NewLeafService`].
+#[derive(Clone, Debug)]
+pub struct RouterLayer {
+    routing: Routing,
+}
+
+impl<N: NewLeafService> Layer<N> for RouterLayer {
+    type Service = Router<N>;
+
+    fn layer(&self, new_leaf: N) -> Router<N> {
+        Router::new(self.routing.clone(), new_leaf)
+    }
+}
+
+/// Routes each request (see [`Routing::route`]), inserts the [`RouteTarget`] extension and calls
+/// the service for the chosen bound name.
+///
+/// A malformed trusted override header is answered here with `400 Bad Request` and an `l5d-err`
+/// header, without calling any inner service (so the response body type must implement
+/// `Default`). Other routing failures are returned as a boxed [`RouteError`]; the facade turns them
+/// into responses with [`RouteError::status`] and [`RouteError::l5d_err`].
+pub struct Router<N: NewLeafService> {
+    routing: Routing,
+    new_leaf: Arc<N>,
+    leaves: Arc<ArcSwap<HashMap<Path, N::Service>>>,
+}
+
+// === impl Router ===
+
+impl<N: NewLeafService> Router<N> {
+    /// A router over `routing` that builds per-leaf services with `new_leaf`.
+    pub fn new(routing: Routing, new_leaf: N) -> Self {
+        Self {
+            routing,
+            new_leaf: Arc::new(new_leaf),
+            leaves: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+        }
+    }
+
+    /// The shared routing state.
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+}
+
+impl<N> Router<N>
+where
+    N: NewLeafService,
+    N::Service: Clone,
+{
+    fn leaf(&self, bound: &BoundName) -> N::Service {
+        if let Some(s) = self.leaves.load().get(&bound.id) {
+            return s.clone();
+        }
+        let svc = self.new_leaf.new_leaf(bound);
+        let max = self.routing.shared.config.max_leaf_services;
+        self.leaves.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            if next.len() < max && !next.contains_key(&bound.id) {
+                next.insert(bound.id.clone(), svc.clone());
+            }
+            next
+        });
+        // Another request may have inserted first: use the kept one so there is one per leaf.
+        self.leaves.load().get(&bound.id).cloned().unwrap_or(svc)
+    }
+}
+
+impl<N: NewLeafService> Clone for Router<N> {
+    fn clone(&self) -> Self {
+        Self {
+            routing: self.routing.clone(),
+            new_leaf: self.new_leaf.clone(),
+            leaves: self.leaves.clone(),
+        }
+    }
+}
+
+impl<N: NewLeafService> fmt::Debug for Router<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("routing", &self.routing)
+            .field("leaves", &self.leaves.load().len())
+            .finish()
+    }
+}
+
+impl<N, B, ResBody> Service<Request<B>> for Router<N>
+where
+    N: NewLeafService,
+    N::Service: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    <N::Service as Service<Request<B>>>::Error: Into<BoxError>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<Oneshot<N::Service, Request<B>>, Response<ResBody>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The target is known only per request; readiness is driven per call (`oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.routing.route(&mut req) {
+            Ok(target) => {
+                let svc = self.leaf(&target.bound);
+                req.extensions_mut().insert(target);
+                ResponseFuture::call(svc.oneshot(req))
+            }
+            Err(e @ (RouteError::InvalidOverride { .. } | RouteError::OverrideNotText { .. })) => {
+                tracing::debug!(error = %e, "rejecting request with a malformed dtab override");
+                let mut rsp = Response::new(ResBody::default());
+                *rsp.status_mut() = e.status();
+                rsp.headers_mut().insert(L5D_ERR, e.l5d_err());
+                ResponseFuture::ready(Ok(rsp))
+            }
+            Err(e) => ResponseFuture::ready(Err(e.into())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The [`Router`]'s response future.
+    pub struct ResponseFuture<F, T> {
+        #[pin]
+        state: State<F, T>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, T> {
+        Ready { value: Option<Result<T, BoxError>> },
+        Call { #[pin] fut: F },
+    }
+}
+
+impl<F, T> ResponseFuture<F, T> {
+    fn ready(value: Result<T, BoxError>) -> Self {
+        Self {
+            state: State::Ready { value: Some(value) },
+        }
+    }
+
+    fn call(fut: F) -> Self {
+        Self {
+            state: State::Call { fut },
+        }
+    }
+}
+
+impl<F, T> fmt::Debug for ResponseFuture<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.state {
+            State::Ready { .. } => "ResponseFuture::Ready",
+            State::Call { .. } => "ResponseFuture::Call",
+        })
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { value } => Poll::Ready(
+                value
+                    .take()
+                    .unwrap_or_else(|| Err("router response polled after completion".into())),
+            ),
+            StateProj::Call { fut } => fut.poll(cx).map_err(Into::into),
+        }
+    }
+}
