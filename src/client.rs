@@ -7,9 +7,10 @@
 //! The builder stacks the layers in DESIGN.md's order:
 //!
 //! ```text
-//! request ─▶ deadline ─▶ retry (budget, classify) ─▶ hedge (optional) ─▶ shed (pending cap)
+//! request ─▶ [route metrics] ─▶ deadline ─▶ retry (budget, classify) ─▶ hedge (optional) ─▶ shed (pending cap)
 //!         ─▶ balancer: P2C over peak-EWMA cost
-//!         ─▶ per endpoint: breaker ─▶ concurrency cap ─▶ [mTLS] connect ─▶ hyper pool ─▶ network
+//!         ─▶ per endpoint: breaker ─▶ concurrency cap ─▶ [endpoint metrics, client span]
+//!         ─▶ [mTLS] connect ─▶ hyper pool ─▶ network
 //! ```
 //!
 //! For every endpoint that discovery reports, the client builds **one hyper-util client of its own**
@@ -34,6 +35,8 @@
 //! | endpoint concurrency cap | 1,024 | [`ClientBuilder::endpoint_concurrency`] |
 //! | connect timeout | 1 s | [`ClientBuilder::connect_timeout`] |
 //! | mutual TLS | off; [`ClientBuilder::tls`] turns it on for endpoints with an expected identity | [`ClientBuilder::tls`] |
+//! | metrics | on: `meshwork_route_*` around the whole stack, `meshwork_endpoint_*` per endpoint, plus retry, hedge, deadline and ejection counters | [`ClientBuilder::telemetry`] |
+//! | tracing | context propagated (W3C, B3), no spans exported; a span per attempt when a [`Tracing`] exporter is set | [`ClientBuilder::tracing`] |
 //!
 //! Requests the mesh fails itself (deadline passed, queue full, no endpoints) are answered with a
 //! response carrying an `l5d-err` header (504, 503) where the layer can make one, so a caller can
@@ -75,8 +78,11 @@ use mesh_core::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerStats};
 use mesh_core::classify::{Classifier, GrpcClasses, SharedClassify};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
+use mesh_core::metrics::{names, CallbackHandle, MetricsError, Telemetry};
 use mesh_core::retry::{Budget, BudgetConfig, ReplayBody, Retry, RetryConfig, RetryStats};
 use mesh_core::shed::{ConcurrencyCap, Shed, ShedConfig, ShedStats};
+use mesh_core::stat::StatConfig;
+use mesh_core::trace::Tracing;
 use mesh_discovery::Discovery;
 use tower::discover::Change;
 use tower::util::BoxCloneSyncService;
@@ -93,7 +99,7 @@ type Stack<B> = BoxCloneSyncService<http::Request<B>, http::Response<Body>, BoxE
 
 /// Starts building a client over the endpoints `discovery` reports.
 ///
-/// See [`ClientBuilder`] for the settings and [the module docs](crate::client) for the shape.
+/// See [`ClientBuilder`] for the settings and [the module docs](mod@crate::client) for the shape.
 pub fn client(discovery: Discovery) -> ClientBuilder {
     ClientBuilder::new(discovery)
 }
@@ -113,6 +119,7 @@ pub struct ClientBuilder {
     shed: ShedConfig,
     breaker: Option<BreakerConfig>,
     endpoint_concurrency: usize,
+    telemetry: Option<Telemetry>,
     #[cfg(feature = "tls")]
     tls: Option<TlsSettings>,
 }
@@ -155,6 +162,9 @@ pub struct Client<B> {
     authority: Option<Authority>,
     discovery: Discovery,
     stats: ClientStats,
+    telemetry: Telemetry,
+    /// Keeps the scrape-time counters registered while any clone of the client lives.
+    _callbacks: Arc<Vec<CallbackHandle>>,
 }
 
 /// Why a [`Client`] could not be built.
@@ -172,6 +182,10 @@ pub enum BuildError {
         /// What is wrong, with the offending value.
         reason: String,
     },
+    /// The client's counters could not be registered (e.g. a name already taken in a shared
+    /// registry).
+    #[error("cannot register the client's metrics: {0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// Why a request through a [`Client`] failed.
@@ -244,6 +258,7 @@ impl ClientBuilder {
             shed: ShedConfig::default(),
             breaker: Some(BreakerConfig::default()),
             endpoint_concurrency: 1024,
+            telemetry: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -329,6 +344,31 @@ impl ClientBuilder {
         self
     }
 
+    /// Records metrics (and spans, if its [`Tracing`] exports) into `telemetry`, shared with
+    /// other clients and servers of the process. Without this, each client has a registry of its
+    /// own ([`Client::telemetry`]).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Exports a client span per attempt through `tracing` (e.g. [`Tracing::otlp`]), into a
+    /// registry of the client's own. To share a registry, build a [`Telemetry`] with the tracing
+    /// and pass it to [`ClientBuilder::telemetry`].
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Metrics`] if the tracing counters cannot be registered.
+    pub fn tracing(mut self, tracing: Tracing) -> Result<Self, BuildError> {
+        let telemetry =
+            Telemetry::new(StatConfig::default(), tracing).map_err(|e| BuildError::Config {
+                layer: "telemetry",
+                reason: e.to_string(),
+            })?;
+        self.telemetry = Some(telemetry);
+        Ok(self)
+    }
+
     /// Speaks mutual TLS to every endpoint whose expected identity discovery gives, presenting
     /// `credentials` and requiring the server to prove that identity. Endpoints without an identity
     /// are left out (see [`TlsSettings::require_identity`] to dial them in plaintext instead).
@@ -389,6 +429,19 @@ impl ClientBuilder {
         B::Error: Into<BoxError>,
     {
         self.validate()?;
+        let telemetry = match self.telemetry {
+            Some(telemetry) => telemetry,
+            None => Telemetry::new(StatConfig::default(), Tracing::disabled()).map_err(|e| {
+                BuildError::Config {
+                    layer: "telemetry",
+                    reason: e.to_string(),
+                }
+            })?,
+        };
+        let name = self
+            .authority
+            .as_ref()
+            .map_or_else(|| self.discovery.source().to_owned(), |a| a.to_string());
         let classify: SharedClassify = Arc::new(self.classify);
         let budget = Budget::new(self.budget).map_err(|e| BuildError::Config {
             layer: "retry budget",
@@ -408,6 +461,8 @@ impl ClientBuilder {
             breaker: breaker_layer.take(),
             cap: self.endpoint_concurrency,
             shed_stats: shed_stats.clone(),
+            telemetry: telemetry.clone(),
+            name: name.clone(),
             #[cfg(feature = "tls")]
             tls: self.tls,
         };
@@ -470,9 +525,11 @@ impl ClientBuilder {
         let retry_stats = retry_layer.stats();
         let deadline_stats = DeadlineStats::default();
         let deadlines = Deadlines::layer(self.deadline, deadline_stats.clone());
+        let route_metrics = telemetry.route("client", &name);
         let stack: Stack<B> = match self.retry {
             Some(_) => BoxCloneSyncService::new(
                 ServiceBuilder::new()
+                    .layer(route_metrics)
                     .layer(deadlines)
                     .layer(retry_layer)
                     .map_request(|req: http::Request<ReplayBody<B>>| req.map(boxed))
@@ -480,24 +537,29 @@ impl ClientBuilder {
             ),
             None => BoxCloneSyncService::new(
                 ServiceBuilder::new()
+                    .layer(route_metrics)
                     .layer(deadlines)
                     .map_request(|req: http::Request<B>| req.map(boxed))
                     .service(below_retry),
             ),
         };
 
+        let stats = ClientStats {
+            retry: retry_stats,
+            hedge: hedge_stats,
+            deadline: deadline_stats,
+            shed: shed_stats,
+            breaker: breaker_stats,
+        };
+        let callbacks = register_counters(&telemetry, &name, &stats, &self.discovery)?;
         Ok(Client {
             stack,
             balance,
             authority: self.authority,
             discovery: self.discovery,
-            stats: ClientStats {
-                retry: retry_stats,
-                hedge: hedge_stats,
-                deadline: deadline_stats,
-                shed: shed_stats,
-                breaker: breaker_stats,
-            },
+            stats,
+            telemetry,
+            _callbacks: Arc::new(callbacks),
         })
     }
 }
@@ -514,6 +576,70 @@ impl fmt::Debug for ClientBuilder {
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
+}
+
+/// Exports the layers' own atomic counters at scrape time (nothing is counted twice on the
+/// request path).
+fn register_counters(
+    telemetry: &Telemetry,
+    name: &str,
+    stats: &ClientStats,
+    discovery: &Discovery,
+) -> Result<Vec<CallbackHandle>, MetricsError> {
+    let registry = &telemetry.registry;
+    let route = [("route", name)];
+    let mut handles = Vec::with_capacity(8);
+    let retry = stats.retry.clone();
+    handles.push(registry.register_counter_fn(
+        names::ROUTE_RETRIES,
+        "Retries sent.",
+        &route,
+        move || retry.retries(),
+    )?);
+    let retry = stats.retry.clone();
+    handles.push(registry.register_counter_fn(
+        names::ROUTE_BUDGET_EXHAUSTED,
+        "Retries not sent because the retry budget was spent.",
+        &route,
+        move || retry.budget_exhausted(),
+    )?);
+    let hedge = stats.hedge.clone();
+    handles.push(registry.register_counter_fn(
+        names::ROUTE_HEDGES,
+        "Hedged attempts sent.",
+        &route,
+        move || hedge.hedges(),
+    )?);
+    let deadline = stats.deadline.clone();
+    handles.push(registry.register_counter_fn(
+        names::ROUTE_DEADLINE_EXPIRED,
+        "Requests failed because their deadline passed.",
+        &route,
+        move || deadline.exceeded() + deadline.expired_on_arrival(),
+    )?);
+    let breaker = stats.breaker.clone();
+    handles.push(registry.register_counter_fn(
+        names::ENDPOINT_EJECTIONS,
+        "Endpoints ejected by their circuit breaker.",
+        &[("backend", name)],
+        move || breaker.ejections(),
+    )?);
+    let source = [("source", discovery.source())];
+    let watched = discovery.clone();
+    handles.push(registry.register_counter_fn(
+        names::DISCOVERY_UPDATES,
+        "Endpoint-set updates applied.",
+        &source,
+        move || watched.stats().updates,
+    )?);
+    let watched = discovery.clone();
+    handles.push(registry.register_counter_fn(
+        names::DISCOVERY_ERRORS,
+        "Discovery errors (the last good set was kept).",
+        &source,
+        move || watched.stats().errors,
+    )?);
+    Ok(handles)
 }
 
 /// Discovery weights are relative reals (1.0 default); the balancer's are integers. Scale by 100 so
@@ -538,6 +664,8 @@ struct NewEndpoint {
     breaker: Option<BreakerLayer>,
     cap: usize,
     shed_stats: ShedStats,
+    telemetry: Telemetry,
+    name: String,
     #[cfg(feature = "tls")]
     tls: Option<TlsSettings>,
 }
@@ -559,6 +687,10 @@ impl NewEndpoint {
         let health = Health::new();
         let client = self.hyper.build::<_, Body>(connector);
         let pool = ServiceBuilder::new()
+            .layer(
+                self.telemetry
+                    .endpoint(&self.name, &endpoint.addr.to_string()),
+            )
             .map_response(|rsp: http::Response<hyper::body::Incoming>| rsp.map(boxed))
             .map_err(BoxError::from)
             .service(client);
@@ -645,6 +777,12 @@ impl<B> Client<B> {
         &self.stats
     }
 
+    /// The metrics registry, stat windows and service graph the client records into; serve
+    /// `telemetry().registry` with [`mesh_core::metrics::serve_metrics`] for Prometheus.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// Gives `req` an absolute URI (the pool needs one) without changing its logical authority:
     /// the URI's own, else the `Host` header's, else the configured one.
     fn absolutize(&self, req: &mut http::Request<B>) -> Result<(), Error> {
@@ -681,6 +819,8 @@ impl<B> Clone for Client<B> {
             authority: self.authority.clone(),
             discovery: self.discovery.clone(),
             stats: self.stats.clone(),
+            telemetry: self.telemetry.clone(),
+            _callbacks: self._callbacks.clone(),
         }
     }
 }

@@ -33,10 +33,12 @@
 pub mod body;
 pub mod client;
 pub mod connect;
+pub mod routing;
 pub mod server;
 
 pub use body::Body;
 pub use client::{client, Client, ClientBuilder};
+pub use routing::{RoutedClient, RoutedClientBuilder};
 pub use server::{server, ServerBuilder};
 
 /// Endpoint discovery (the `mesh-discovery` crate).

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! connection ─▶ TLS accept (strict or permissive) ─▶ peer identity ─▶ authorization
-//!            ─▶ deadline extraction ─▶ the application's service
+//!            ─▶ deadline extraction ─▶ [inbound metrics, server span] ─▶ the application's service
 //! ```
+//!
+//! Inbound golden metrics (`meshwork_inbound_*`), the stat row and the service-graph edges
+//! (caller identity → service) are recorded when a [`Telemetry`] is given with
+//! [`ServerBuilder::telemetry`]; a server span is exported per request when its tracing exports.
 //!
 //! With TLS (feature `tls`), every connection is accepted through a [`mesh_tls::server::TlsAcceptor`]:
 //! in strict mode only mutual TLS is accepted, in permissive mode plaintext too (Istio's
@@ -36,9 +40,10 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines};
+use mesh_core::metrics::Telemetry;
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::body::{boxed, Body, BoxError};
 
@@ -52,6 +57,7 @@ pub fn server() -> ServerBuilder {
 #[derive(Default)]
 pub struct ServerBuilder {
     deadline: DeadlineConfig,
+    telemetry: Option<(Telemetry, String)>,
     #[cfg(feature = "tls")]
     tls: Option<(mesh_tls::Credentials, mesh_tls::server::AcceptorConfig)>,
     #[cfg(feature = "tls")]
@@ -81,6 +87,13 @@ impl ServerBuilder {
     /// of the server's own).
     pub fn deadline(mut self, config: DeadlineConfig) -> Self {
         self.deadline = config;
+        self
+    }
+
+    /// Records inbound metrics, stat and graph edges for `service` into `telemetry`, and a server
+    /// span per request when its tracing exports.
+    pub fn telemetry(mut self, telemetry: Telemetry, service: impl Into<String>) -> Self {
+        self.telemetry = Some((telemetry, service.into()));
         self
     }
 
@@ -129,6 +142,12 @@ impl ServerBuilder {
             .map_response(|rsp: http::Response<B>| rsp.map(boxed))
             .map_err(Into::into)
             .service(app);
+        let app: Inbound = match &self.telemetry {
+            Some((telemetry, service)) => {
+                BoxCloneSyncService::new(telemetry.inbound_layer(service, peer_name).layer(app))
+            }
+            None => BoxCloneSyncService::new(app),
+        };
         #[cfg(feature = "tls")]
         if let Some(policy) = &self.authz {
             let authz = mesh_tls::authz::Authorize::layer(policy.clone()).map_err(|e| {
@@ -190,12 +209,28 @@ impl ServerBuilder {
 impl fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ServerBuilder");
-        d.field("deadline", &self.deadline);
+        d.field("deadline", &self.deadline)
+            .field("telemetry", &self.telemetry.as_ref().map(|(_, name)| name));
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.as_ref().map(|(_, config)| config))
             .field("authz", &self.authz);
         d.finish()
     }
+}
+
+/// The caller's name for the service graph: its verified identity, if any.
+#[cfg(feature = "tls")]
+fn peer_name<'a>(_: &'a http::HeaderMap, extensions: &'a http::Extensions) -> Option<&'a str> {
+    match extensions.get::<mesh_tls::PeerIdentity>() {
+        Some(mesh_tls::PeerIdentity(Some(identity))) => Some(identity.as_str()),
+        _ => None,
+    }
+}
+
+/// Without TLS there is no verified caller identity.
+#[cfg(not(feature = "tls"))]
+fn peer_name<'a>(_: &'a http::HeaderMap, _: &'a http::Extensions) -> Option<&'a str> {
+    None
 }
 
 /// The plaintext accept loop: one task per connection, HTTP/1.1 and HTTP/2 by preface.

@@ -165,3 +165,29 @@ async fn server_errors_steer_traffic_away() {
     // A 503 answered at once must not make `bad` look fast: most requests go to `good`.
     assert!(ok >= 270, "only {ok} of 300 succeeded");
 }
+
+#[tokio::test]
+async fn golden_metrics_are_recorded_by_default() {
+    init_tracing();
+    let backend = Backend::start("one", Duration::ZERO, 200).await;
+    let discovery = Discovery::fixed([Endpoint::new(backend.addr)]).expect("discovery");
+    let client = meshwork::client(discovery)
+        .authority("metrics.test")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    for _ in 0..7 {
+        get(&client).await;
+    }
+    let text = client.telemetry().registry.encode().expect("encode");
+    let count = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("metrics.test"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(count("meshwork_route_requests_total"), 7.0, "{text}");
+    assert_eq!(count("meshwork_endpoint_requests_total"), 7.0, "{text}");
+    assert!(text.contains("meshwork_route_retries"), "{text}");
+    let stat = client.telemetry().stat_json();
+    assert!(stat.to_string().contains("metrics.test"), "{stat}");
+}

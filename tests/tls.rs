@@ -30,6 +30,13 @@ fn credentials(ca: &DevCa, identity: &str) -> Credentials {
 /// Starts `world` behind the meshwork server (strict mTLS, only `hello` allowed); it answers
 /// with the identity of its caller.
 async fn start_world(ca: &DevCa) -> std::net::SocketAddr {
+    start_world_with(ca, None).await
+}
+
+async fn start_world_with(
+    ca: &DevCa,
+    telemetry: Option<meshwork::core::metrics::Telemetry>,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -41,9 +48,12 @@ async fn start_world(ca: &DevCa) -> std::net::SocketAddr {
         };
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(caller))))
     });
-    let server = meshwork::server()
+    let mut server = meshwork::server()
         .tls(credentials(ca, WORLD), AcceptorConfig::default())
         .authorize(AuthzPolicy::default().allow_identity(Identity::parse(HELLO).expect("id")));
+    if let Some(telemetry) = telemetry {
+        server = server.telemetry(telemetry, "world");
+    }
     tokio::spawn(server.serve(listener, app, std::future::pending()));
     addr
 }
@@ -69,12 +79,21 @@ fn get() -> http::Request<Empty<Bytes>> {
 async fn identities_are_verified_both_ways() {
     init_tracing();
     let ca = DevCa::new("test CA").expect("ca");
-    let addr = start_world(&ca).await;
+    let telemetry = meshwork::core::metrics::Telemetry::new(
+        meshwork::core::stat::StatConfig::default(),
+        meshwork::core::trace::Tracing::disabled(),
+    )
+    .expect("telemetry");
+    let addr = start_world_with(&ca, Some(telemetry.clone())).await;
     let hello = client(&ca, HELLO, Endpoint::new(addr).with_identity(WORLD));
     let rsp = hello.request(get()).await.expect("response");
     assert_eq!(rsp.status(), 200);
     let body = rsp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(body, HELLO.as_bytes());
+
+    // The server's service graph names the verified caller.
+    let graph = telemetry.graph_json().to_string();
+    assert!(graph.contains(HELLO) && graph.contains("world"), "{graph}");
 }
 
 #[tokio::test]

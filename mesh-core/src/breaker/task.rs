@@ -18,6 +18,8 @@ const BUCKETS: usize = 10;
 struct RateWindow {
     config: SuccessRate,
     start: Instant,
+    /// When the window was last (re)started: at creation and on every restore.
+    since: Instant,
     bucket_ns: u128,
     /// (bucket epoch, requests, failures)
     buckets: [(u128, u32, u32); BUCKETS],
@@ -25,9 +27,11 @@ struct RateWindow {
 
 impl RateWindow {
     fn new(config: SuccessRate) -> Self {
+        let now = Instant::now();
         Self {
             config,
-            start: Instant::now(),
+            start: now,
+            since: now,
             bucket_ns: (config.window.as_nanos() / BUCKETS as u128).max(1),
             buckets: [(u128::MAX, 0, 0); BUCKETS],
         }
@@ -50,7 +54,19 @@ impl RateWindow {
         b.2 += u32::from(failed);
     }
 
+    /// When the minimum observation time ends, if it has not yet.
+    fn judge_at(&self) -> Option<Instant> {
+        let at = self.since + self.config.min_observation;
+        (Instant::now() < at).then_some(at)
+    }
+
     fn tripped(&self) -> bool {
+        // Outcomes arrive in completion order and failures are often faster than successes: the
+        // first outcomes after a (re)start over-represent failures. Judge only once the slow
+        // outcomes of the same period have had time to arrive (`SuccessRate` docs).
+        if self.since.elapsed() < self.config.min_observation {
+            return false;
+        }
         let epoch = self.epoch();
         let (mut total, mut failures) = (0u64, 0u64);
         for &(e, n, f) in &self.buckets {
@@ -66,6 +82,7 @@ impl RateWindow {
 
     fn reset(&mut self) {
         self.buckets = [(u128::MAX, 0, 0); BUCKETS];
+        self.since = Instant::now();
     }
 }
 
@@ -89,12 +106,30 @@ pub(super) async fn run(
     let mut consecutive = 0u32;
     let mut window = config.success_rate.map(RateWindow::new);
     loop {
-        // Closed: count outcomes until a rule trips.
-        let Some(class) = rx.recv().await else { return };
-        let failed = !class.is_success();
-        consecutive = if failed { consecutive + 1 } else { 0 };
-        if let Some(w) = window.as_mut() {
-            w.record(failed);
+        // Closed: count outcomes until a rule trips. While the window's minimum observation time
+        // runs, also wake when it ends, to judge what the window holds then: an endpoint the
+        // balancer stopped choosing sends no further outcome that would trigger the judgment.
+        let judge_at = window.as_ref().and_then(RateWindow::judge_at);
+        let outcome = match judge_at {
+            Some(at) => tokio::select! {
+                // An outcome first: it is recorded before the judgment.
+                biased;
+                msg = rx.recv() => Some(msg),
+                () = tokio::time::sleep_until(at) => None,
+            },
+            None => Some(rx.recv().await),
+        };
+        match outcome {
+            Some(None) => return,
+            Some(Some(class)) => {
+                let failed = !class.is_success();
+                consecutive = if failed { consecutive + 1 } else { 0 };
+                if let Some(w) = window.as_mut() {
+                    w.record(failed);
+                }
+            }
+            // The minimum observation time ended: judge the window as it is.
+            None => {}
         }
         let tripped = (config.consecutive_failures > 0
             && consecutive >= config.consecutive_failures)
@@ -114,8 +149,20 @@ pub(super) async fn run(
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
+                    // The ejection's end first: a steady stream of outcomes (in-flight requests,
+                    // panic-mode traffic) must not keep the ejection going past its length.
+                    biased;
                     _ = &mut sleep => break,
                     msg = rx.recv() => if msg.is_none() { return },
+                }
+            }
+            // Outcomes still queued belong to the ejection: discard them, so that one of them
+            // does not stand in for the probe's.
+            loop {
+                match rx.try_recv() {
+                    Ok(_) => {}
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
             health.probe();
@@ -159,6 +206,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn success_rate_trips_below_threshold_with_enough_requests() {
         let mut w = RateWindow::new(SuccessRate::default());
+        // Past the minimum observation time, which the next test covers.
+        tokio::time::advance(Duration::from_secs(1)).await;
         for _ in 0..3 {
             w.record(true);
         }
@@ -173,5 +222,25 @@ mod tests {
         }
         w.record(true);
         assert!(!w.tripped(), "0.9 >= 0.8");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_rate_waits_for_min_observation_after_each_reset() {
+        let mut w = RateWindow::new(SuccessRate::default());
+        for _ in 0..5 {
+            w.record(true);
+        }
+        assert!(!w.tripped(), "0/5 successes, but observed for 0 s < 1 s");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!w.tripped(), "observed for 999 ms");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(w.tripped(), "observed for 1 s: 0/5 < 0.8");
+        w.reset();
+        for _ in 0..5 {
+            w.record(true);
+        }
+        assert!(!w.tripped(), "the reset restarts the observation");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(w.tripped());
     }
 }

@@ -133,12 +133,113 @@ async fn success_rate_trips_before_consecutive_failures() {
     let health = Health::new();
     let svc =
         Breaker::layer(BreakerConfig::default()).layer(endpoint(status.clone()), health.clone());
-    // Alternate: never 7 in a row, but 50 % success over 10 requests.
+    // Alternate: never 7 in a row, but 50 % success, one request every 200 ms. The rate is judged
+    // from 1 s on: at the 6th outcome (t = 1 s, 3/6 successes).
+    let mut tripped_at = None;
     for i in 0..10 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         status.store(if i % 2 == 0 { 200 } else { 500 }, Ordering::SeqCst);
         send(&svc, 1).await;
+        if health.state() != HealthState::Available {
+            tripped_at = Some(i);
+            break;
+        }
     }
+    assert_eq!(tripped_at, Some(5));
     assert_eq!(health.state(), HealthState::Ejected);
+}
+
+/// An endpoint where `failing` of every 20 calls answer 503 in 1 ms and the others 200 in 10 ms:
+/// fast failures, slower successes, as in the resilience bench's `random-503-10pct`.
+fn fast_failures(
+    failing: usize,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<Empty<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<Response<Empty<Bytes>>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tower::service_fn(move |_req: Request<()>| {
+        let fail = calls.fetch_add(1, Ordering::SeqCst) % 20 < failing;
+        async move {
+            let (wait, status) = if fail {
+                (1, StatusCode::SERVICE_UNAVAILABLE)
+            } else {
+                (10, StatusCode::OK)
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let mut rsp = Response::new(Empty::new());
+            *rsp.status_mut() = status;
+            Ok(rsp)
+        }
+    })
+}
+
+/// Sends batches of 20 concurrent requests (each batch lasts 10 ms) for up to `limit` of
+/// (paused) time or until the endpoint is ejected; returns when it was ejected, if it was.
+async fn batches<S>(svc: &S, health: &Health, limit: Duration) -> Option<Duration>
+where
+    S: tower::Service<
+            Request<()>,
+            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
+            Error = BoxError,
+        > + Clone,
+{
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        let calls = (0..20).map(|_| async {
+            let rsp = svc.clone().oneshot(Request::new(())).await.unwrap();
+            rsp.into_body().collect().await.unwrap();
+        });
+        futures_util::future::join_all(calls).await;
+        settle().await;
+        if health.state() != HealthState::Available {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_failures_at_ten_percent_do_not_eject_a_healthy_endpoint() {
+    // 2 of 20 calls fail in 1 ms, 18 succeed in 10 ms: the first outcomes of each batch are the
+    // failures, so the first 5 outcomes hold 2 failures (0.6 < 0.8) although the endpoint's
+    // success rate is 0.9. Judging after 5 outcomes ejected it; the minimum observation time
+    // lets the slower successes arrive first.
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig::default());
+    let stats = layer.stats();
+    let svc = layer.layer(fast_failures(2), health.clone());
+    let ejected = batches(&svc, &health, Duration::from_secs(3)).await;
+    assert_eq!(ejected, None, "a 90 % healthy endpoint was ejected");
+    assert_eq!(stats.ejections(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_failures_at_fifty_percent_still_eject_within_the_window() {
+    // The consecutive-failures rule off, so that the success-rate rule is the one that trips (10
+    // fast failures in a row would trip it first).
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 0,
+        ..Default::default()
+    });
+    let stats = layer.stats();
+    let svc = layer.layer(fast_failures(10), health.clone());
+    let ejected = batches(&svc, &health, Duration::from_secs(10))
+        .await
+        .expect("a 50 % failing endpoint was not ejected within the 10 s window");
+    // Not before the minimum observation time (1 s), and at the first failure after it.
+    assert!(
+        ejected >= Duration::from_secs(1) && ejected < Duration::from_millis(1100),
+        "ejected after {ejected:?}"
+    );
+    assert_eq!(stats.ejections(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -214,6 +315,20 @@ fn config_is_validated() {
         ..Default::default()
     };
     assert!(bad.validate().is_err());
+    let bad = BreakerConfig {
+        success_rate: Some(SuccessRate {
+            min_observation: Duration::from_secs(11),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        bad.validate().unwrap_err(),
+        BreakerConfigError::MinObservation {
+            min_observation: Duration::from_secs(11),
+            window: Duration::from_secs(10),
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,4 +347,27 @@ async fn mesh_made_responses_are_not_the_endpoints_failures() {
     let svc = layer.layer(capped, health.clone());
     send(&svc, 3).await;
     assert_eq!(health.state(), HealthState::Available);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_rate_is_judged_when_the_observation_time_ends_without_new_outcomes() {
+    // 5 failures at once (fewer than 7 in a row), then silence, as when the balancer stops
+    // choosing a failing endpoint: the window is judged when its minimum observation time ends.
+    let status = Arc::new(AtomicU16::new(503));
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig::default());
+    let stats = layer.stats();
+    let svc = layer.layer(endpoint(status), health.clone());
+    send(&svc, 5).await;
+    tokio::time::sleep(Duration::from_millis(990)).await;
+    settle().await;
+    assert_eq!(
+        health.state(),
+        HealthState::Available,
+        "observed for 990 ms"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    assert_eq!(stats.ejections(), 1);
 }
