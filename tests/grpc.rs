@@ -369,8 +369,6 @@ async fn an_endpoint_answering_unavailable_is_steered_away_from() {
 /// DESIGN.md: gRPC UNAVAILABLE is retryable (gRFC A6), so a unary call that an endpoint answers
 /// with UNAVAILABLE should be retried on another endpoint and succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the facade's retry layer does not buffer tonic's unary request body (unknown size \
-            hint, no content-length), so gRPC calls are never retried; see the grpc helper's report"]
 async fn unavailable_unary_calls_are_retried_on_another_endpoint() {
     init_tracing();
     const CALLS: usize = 50;

@@ -3,10 +3,12 @@
 //! A retry or a hedge resends the request, so its body must still be there. [`ReplayBody::prepare`]
 //! buffers a body before the first attempt when it is known to be small: empty, its `size_hint`
 //! upper bound, or its `Content-Length`, at most the limit (64 KiB by default, DESIGN.md). Such a
-//! body is held as one [`Bytes`] (plus trailers) and every attempt gets a cheap clone. A body that is
-//! larger or of unknown size streams through once and is never retried: buffering it whole would
-//! cost unbounded memory and delay the first attempt. A body announced small that turns out larger
-//! while buffering continues as a stream (what was read first, then the rest), not retried.
+//! body is held as one [`Bytes`] (plus trailers) and every attempt gets a cheap clone. A body of
+//! unknown size is buffered as far as its frames are ready at once, up to the limit: a unary gRPC
+//! request (tonic encodes it in one go, without a length) becomes replayable, while a body that
+//! would make us wait (a client stream, an upload still being produced) is never waited for and
+//! streams through once, not retried. A body larger than the limit, or announced small and turning
+//! out larger, continues as a stream (what was read first, then the rest), not retried.
 //!
 //! We buffer before the first attempt rather than replaying while the first attempt streams
 //! (linkerd2-proxy's `ReplayBody`) because every body we retry is small by definition: waiting for
@@ -21,6 +23,19 @@ use std::task::{ready, Context, Poll};
 
 /// Default buffer limit: 64 KiB.
 pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// The body's next frame if it is ready now; `None` if the body would have to wait for it.
+async fn ready_frame<B: Body + Unpin>(
+    body: &mut B,
+) -> Option<Option<Result<Frame<B::Data>, B::Error>>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(next) => Some(next),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
 
 /// A fully buffered body that can be replayed any number of times.
 #[derive(Clone, Debug, Default)]
@@ -87,19 +102,37 @@ where
             return Ok(Prepared::Replayable(Replay::default()));
         }
         let limit64 = u64::try_from(limit).unwrap_or(u64::MAX);
+        // A body known to be small is buffered whole, waiting for its frames. A body of unknown
+        // size (a chunked upload, a tonic request) is buffered only as far as its frames are ready
+        // now: a unary gRPC request is encoded in one go and becomes replayable, while a streaming
+        // one (whose next message waits on the caller, maybe on the response) is never waited for
+        // and goes once, with what was already read as its prefix.
         let known_small = body.size_hint().upper().is_some_and(|u| u <= limit64)
             || content_length.is_some_and(|l| l <= limit64);
-        if !known_small {
-            return Ok(Prepared::Once(ReplayBody::Streaming {
-                prefix: None,
-                inner: body,
-            }));
-        }
         let mut first: Option<Bytes> = None;
         let mut rest = BytesMut::new();
         let mut len = 0usize;
         let mut trailers = None;
-        while let Some(frame) = body.frame().await {
+        loop {
+            let next = if known_small {
+                body.frame().await
+            } else {
+                match ready_frame(&mut body).await {
+                    Some(next) => next,
+                    None => {
+                        let prefix = match first.take() {
+                            Some(first) => Some(first),
+                            None if rest.is_empty() => None,
+                            None => Some(rest.split().freeze()),
+                        };
+                        return Ok(Prepared::Once(ReplayBody::Streaming {
+                            prefix,
+                            inner: body,
+                        }));
+                    }
+                }
+            };
+            let Some(frame) = next else { break };
             let frame = frame?;
             match frame.into_data() {
                 Ok(mut data) => {
@@ -126,6 +159,8 @@ where
                     if let Ok(t) = frame.into_trailers() {
                         trailers = Some(t);
                     }
+                    // Trailers end a body (RFC 9110 §6.5).
+                    break;
                 }
             }
         }
@@ -228,10 +263,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_size_streams_once() {
+    async fn unknown_size_ready_at_once_is_buffered() {
+        // What a tonic unary request looks like: no length, every frame ready.
         let prepared = ReplayBody::prepare(chunks(&[b"a", b"b"]), None, 64)
             .await
             .unwrap();
+        let Prepared::Replayable(replay) = prepared else {
+            panic!("expected a replayable body");
+        };
+        assert_eq!(read(replay.body::<Full<Bytes>>()).await, "ab");
+    }
+
+    #[tokio::test]
+    async fn unknown_size_that_makes_us_wait_streams_once() {
+        use futures_util::StreamExt;
+        let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(b"a"),
+        ))]);
+        // The second frame is not ready at once (a client stream waiting on its caller).
+        let later = futures_util::stream::once(async {
+            tokio::task::yield_now().await;
+            Ok(Frame::data(Bytes::from_static(b"b")))
+        });
+        let body = http_body_util::StreamBody::new(first.chain(later).boxed());
+        let prepared = ReplayBody::prepare(body, None, 64).await.unwrap();
         let Prepared::Once(body) = prepared else {
             panic!("expected a streaming body");
         };

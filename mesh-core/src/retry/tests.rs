@@ -160,9 +160,8 @@ async fn post_is_retried_only_when_the_connection_was_refused() {
 async fn streaming_body_is_sent_once() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    type Chunks = StreamBody<
-        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
-    >;
+    type Chunks =
+        StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
     let backend = service_fn(move |req: Request<ReplayBody<Chunks>>| {
         let c = c.clone();
         async move {
@@ -176,11 +175,15 @@ async fn streaming_body_is_sent_once() {
     });
     let layer = Retry::layer(RetryConfig::default(), budget(10, 0.2));
     let stats = layer.stats();
-    let frames = vec![
-        Ok(Frame::data(Bytes::from_static(b"a"))),
-        Ok(Frame::data(Bytes::from_static(b"b"))),
-    ];
-    let req = Request::new(StreamBody::new(futures_util::stream::iter(frames)));
+    // A body of unknown size whose second frame is not ready at once: it cannot be buffered
+    // without waiting, so it goes once.
+    let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"a")))]);
+    let later = futures_util::stream::once(async {
+        tokio::task::yield_now().await;
+        Ok(Frame::data(Bytes::from_static(b"b")))
+    });
+    let frames = futures_util::StreamExt::boxed(futures_util::StreamExt::chain(first, later));
+    let req = Request::new(StreamBody::new(frames));
     let rsp = layer.layer(backend).oneshot(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
