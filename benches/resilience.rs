@@ -78,12 +78,11 @@
 //! balancer's p50/p95 estimate at the end, breaker ejections, and for `outage` the attempts per
 //! request *during* the outage (the table's `attempts_per_req` is over the whole run, 10 s of
 //! outage in ≈ 21.4 s). Two effects worth knowing when reading the table:
-//! - the breaker's success-rate rule decides on as few as 5 outcomes after a reset (start or
-//!   restore), in arrival order, and 1 ms failures arrive before 10 ms successes; at a 10 % failure
-//!   rate a healthy endpoint is then often ejected, its load moves to the others, and under that
-//!   load successes arrive later still. With the default seed and no jitter the cascade stays
-//!   small (7 ejections); other seeds or the production jitter show 24–45 ejections and p99 of
-//!   0.3–1.7 s in `random-503-10pct` (`RESILIENCE_BREAKER_MIN_REQUESTS=20` removes it);
+//! - the breaker judges its success-rate rule only after 1 s of observation since a reset (start or
+//!   restore): outcomes arrive in completion order and 1 ms failures come before 10 ms successes,
+//!   so judging the first 5 outcomes ejected healthy endpoints at a 10 % failure rate and
+//!   cascaded (before that change: 24–45 ejections and p99 of 0.3–1.7 s in `random-503-10pct`
+//!   with the production jitter; after it: 0 ejections, p99 ≈ 100 ms);
 //! - the balancer's latency histogram only records attempts that completed, so attempts a hedge
 //!   cancelled (the slow ones) are missing and the p95 hedge delay reads low, which hedges more and
 //!   loads the fleet more; the shared budget is what bounds it (`stall-2pct`: ≈ 13 % hedges for the
