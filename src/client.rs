@@ -73,7 +73,7 @@ use futures_util::StreamExt;
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy;
 use hyper_util::rt::TokioExecutor;
-use mesh_balance::{Balance, Health};
+use mesh_balance::{Balance, Health, HealthState};
 use mesh_core::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerStats};
 use mesh_core::classify::{Classifier, GrpcClasses, SharedClassify};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
@@ -465,7 +465,11 @@ impl ClientBuilder {
             name: name.clone(),
             #[cfg(feature = "tls")]
             tls: self.tls,
+            #[cfg(feature = "tls")]
+            tls_failures: Arc::default(),
         };
+        #[cfg(feature = "tls")]
+        let tls_failures = new_endpoint.tls_failures.clone();
 
         // One endpoint service per address, kept while the address stays in the set.
         let mut endpoints: HashMap<SocketAddr, (EndpointService, Health)> = HashMap::new();
@@ -551,7 +555,23 @@ impl ClientBuilder {
             shed: shed_stats,
             breaker: breaker_stats,
         };
-        let callbacks = register_counters(&telemetry, &name, &stats, &self.discovery)?;
+        #[allow(unused_mut)]
+        let mut callbacks =
+            register_counters(&telemetry, &name, &stats, &self.discovery, &balance)?;
+        #[cfg(feature = "tls")]
+        for (index, reason) in crate::connect::TlsFailures::REASONS.iter().enumerate() {
+            let failures = tls_failures.clone();
+            callbacks.push(telemetry.registry.register_counter_fn(
+                names::TLS_HANDSHAKE_FAILURES,
+                "Failed TLS handshakes.",
+                &[
+                    ("direction", "outbound"),
+                    ("backend", &name),
+                    ("reason", reason),
+                ],
+                move || failures.count(index),
+            )?);
+        }
         Ok(Client {
             stack,
             balance,
@@ -585,6 +605,7 @@ fn register_counters(
     name: &str,
     stats: &ClientStats,
     discovery: &Discovery,
+    balance: &Balance<SocketAddr, EndpointService, ClassifyHttp>,
 ) -> Result<Vec<CallbackHandle>, MetricsError> {
     let registry = &telemetry.registry;
     let route = [("route", name)];
@@ -624,6 +645,26 @@ fn register_counters(
         &[("backend", name)],
         move || breaker.ejections(),
     )?);
+    for (state, label) in [
+        (HealthState::Available, "available"),
+        (HealthState::Ejected, "ejected"),
+        (HealthState::Probing, "probing"),
+    ] {
+        let balance = balance.clone();
+        handles.push(registry.register_gauge_fn(
+            names::BACKEND_ENDPOINTS,
+            "Endpoints by circuit-breaker state.",
+            &[("backend", name), ("state", label)],
+            move || {
+                let n = balance
+                    .endpoints()
+                    .iter()
+                    .filter(|e| e.health == state)
+                    .count();
+                n as f64
+            },
+        )?);
+    }
     let source = [("source", discovery.source())];
     let watched = discovery.clone();
     handles.push(registry.register_counter_fn(
@@ -668,6 +709,8 @@ struct NewEndpoint {
     name: String,
     #[cfg(feature = "tls")]
     tls: Option<TlsSettings>,
+    #[cfg(feature = "tls")]
+    tls_failures: Arc<crate::connect::TlsFailures>,
 }
 
 // === impl NewEndpoint ===
@@ -729,7 +772,11 @@ impl NewEndpoint {
             None => return Some(plain),
         };
         match mesh_tls::client::TlsConnector::new(&tls.credentials, identity) {
-            Ok(connector) => Some(plain.with_tls(connector)),
+            Ok(connector) => Some(
+                plain
+                    .with_tls(connector)
+                    .with_tls_failures(self.tls_failures.clone()),
+            ),
             Err(error) => {
                 tracing::warn!(endpoint = %endpoint.addr, %error, "cannot build the endpoint's TLS connector; leaving it out");
                 None

@@ -42,6 +42,39 @@ pub struct EndpointConnector {
     connect_timeout: Duration,
     #[cfg(feature = "tls")]
     tls: Option<mesh_tls::client::TlsConnector>,
+    #[cfg(feature = "tls")]
+    tls_failures: Option<std::sync::Arc<TlsFailures>>,
+}
+
+/// Outbound TLS handshake failures by reason, counted by [`EndpointConnector`] and exported as
+/// `meshwork_tls_handshake_failures{direction="outbound",reason}`. Clones of a connector share it.
+#[cfg(feature = "tls")]
+#[derive(Debug, Default)]
+pub struct TlsFailures {
+    counts: [std::sync::atomic::AtomicU64; TlsFailures::REASONS.len()],
+}
+
+#[cfg(feature = "tls")]
+impl TlsFailures {
+    /// The `reason` label values, in the order of [`TlsFailures::count`]'s index.
+    pub const REASONS: [&'static str; 4] = ["identity_mismatch", "timeout", "handshake", "other"];
+
+    fn record(&self, error: &mesh_tls::TlsError) {
+        let index = match error {
+            mesh_tls::TlsError::IdentityMismatch { .. } => 0,
+            mesh_tls::TlsError::HandshakeTimeout { .. } => 1,
+            mesh_tls::TlsError::ClientHandshake { .. } => 2,
+            _ => 3,
+        };
+        self.counts[index].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Failures counted for `REASONS[index]` (0 for an index out of range).
+    pub fn count(&self, index: usize) -> u64 {
+        self.counts
+            .get(index)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// The connection [`EndpointConnector`] makes: plain TCP, or mutual TLS over TCP.
@@ -97,6 +130,8 @@ impl EndpointConnector {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_failures: None,
         }
     }
 
@@ -110,6 +145,13 @@ impl EndpointConnector {
     #[cfg(feature = "tls")]
     pub fn with_tls(mut self, tls: mesh_tls::client::TlsConnector) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Counts failed handshakes into `failures`.
+    #[cfg(feature = "tls")]
+    pub fn with_tls_failures(mut self, failures: std::sync::Arc<TlsFailures>) -> Self {
+        self.tls_failures = Some(failures);
         self
     }
 
@@ -133,10 +175,15 @@ impl EndpointConnector {
             .map_err(|source| ConnectError::Io { addr, source })?;
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            let stream = tls
-                .connect(stream)
-                .await
-                .map_err(|source| ConnectError::Tls { addr, source })?;
+            let stream = match tls.connect(stream).await {
+                Ok(stream) => stream,
+                Err(source) => {
+                    if let Some(failures) = &self.tls_failures {
+                        failures.record(&source);
+                    }
+                    return Err(ConnectError::Tls { addr, source });
+                }
+            };
             return Ok(EndpointIo::Tls(Box::new(stream)));
         }
         Ok(EndpointIo::Plain(TokioIo::new(stream)))

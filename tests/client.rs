@@ -188,6 +188,10 @@ async fn golden_metrics_are_recorded_by_default() {
     assert_eq!(count("meshwork_route_requests_total"), 7.0, "{text}");
     assert_eq!(count("meshwork_endpoint_requests_total"), 7.0, "{text}");
     assert!(text.contains("meshwork_route_retries"), "{text}");
+    assert!(
+        text.contains(r#"meshwork_backend_endpoints{backend="metrics.test",state="available"} 1"#),
+        "{text}"
+    );
     let stat = client.telemetry().stat_json();
     assert!(stat.to_string().contains("metrics.test"), "{stat}");
 }

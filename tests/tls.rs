@@ -109,6 +109,15 @@ async fn a_server_with_another_identity_is_refused() {
         text.contains("mismatch") || text.contains("Mismatch"),
         "{text}"
     );
+
+    // ... and counted as a failed outbound handshake.
+    let metrics = confused.telemetry().registry.encode().expect("encode");
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("meshwork_tls_handshake_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures >= 1.0, "{metrics}");
 }
 
 #[tokio::test]
