@@ -45,12 +45,14 @@
 //! - `round-robin` and `random` over the current endpoint list.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "support/sim.rs"]
+mod sim;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -59,29 +61,22 @@ use futures_util::stream;
 use mesh_balance::{BoxError, Config, Endpoint};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, RngCore, SeedableRng};
-use rand_distr::{Distribution, Exp, StandardNormal};
+use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use sim::{service_time, Arrivals, Recorder, ENDPOINTS, LOAD, MEDIAN_MS, SIGMA, SLOTS};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::{Service, ServiceExt};
 
 const REQUESTS: usize = 100_000;
-const ENDPOINTS: usize = 10;
-const SLOTS: usize = 8;
-const SIGMA: f64 = 0.6;
-const MEDIAN_MS: f64 = 10.0;
-const LOAD: f64 = 0.7;
 const DEFAULT_SEED: u64 = 0x6d65_7368_776f_726b;
 
 /// The simulation seed: fixed, overridable with `LB_QUALITY_SEED` to check that a difference between
 /// policies is not the luck of one seed.
 fn seed() -> u64 {
-    std::env::var("LB_QUALITY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEED)
+    sim::env_or("LB_QUALITY_SEED", DEFAULT_SEED)
 }
 const CHURN_EVERY: Duration = Duration::from_secs(5);
 
@@ -196,11 +191,6 @@ impl SimEndpoint {
             calls: Arc::new(AtomicUsize::new(0)),
         }
     }
-}
-
-fn service_time(median_ms: f64, z: f64) -> Duration {
-    let ms = (median_ms * (SIGMA * z).exp()).round().max(1.0);
-    Duration::from_millis(ms as u64)
 }
 
 impl Service<Req> for SimEndpoint {
@@ -388,13 +378,8 @@ impl Balancer {
 
 // === one cell ===
 
-const FAILED: u32 = u32::MAX;
-
 struct Outcome {
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    success_pct: f64,
+    summary: sim::Summary,
     /// Share of requests sent to endpoint 0 (the odd one out in most scenarios).
     first_share_pct: f64,
 }
@@ -429,23 +414,13 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
     // Let discovery-fed balancers see the initial set.
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let start = Instant::now();
 
     // Common random numbers: the same arrival and service draws for every policy of a scenario.
-    let mut rng = SmallRng::seed_from_u64(seed() ^ scenario as u64);
-    let gaps = Exp::new(rate).unwrap();
-    let latencies: Arc<Vec<AtomicU32>> =
-        Arc::new((0..REQUESTS).map(|_| AtomicU32::new(0)).collect());
-    let finished = Arc::new(AtomicUsize::new(0));
-    let all_done = Arc::new(Notify::new());
-
-    let mut next_arrival = gaps.sample(&mut rng);
+    let mut arrivals = Arrivals::new(seed() ^ scenario as u64, rate, REQUESTS);
+    let recorder = Recorder::new(REQUESTS);
     let mut next_churn = CHURN_EVERY;
-    let mut sent = 0usize;
-    let mut tick_ms = 0u64;
-    while sent < REQUESTS {
-        let now = Duration::from_millis(tick_ms);
-        if scenario == Scenario::Churn && now >= next_churn {
+    while !arrivals.done() {
+        if scenario == Scenario::Churn && arrivals.now() >= next_churn {
             next_churn += CHURN_EVERY;
             if let Some(old) = live.pop_front() {
                 balancer.remove(old);
@@ -455,55 +430,19 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
             next_key += 1;
             tokio::task::yield_now().await;
         }
-        while next_arrival < (tick_ms + 1) as f64 && sent < REQUESTS {
-            let z: f64 = StandardNormal.sample(&mut rng);
-            let id = sent;
-            sent += 1;
-            next_arrival += gaps.sample(&mut rng);
+        while let Some((id, z)) = arrivals.next_due(|rng| StandardNormal.sample(rng)) {
             let dispatched = Instant::now();
             let rsp = balancer.dispatch(Req(z)).await;
-            let (latencies, finished, all_done) =
-                (latencies.clone(), finished.clone(), all_done.clone());
-            tokio::spawn(async move {
-                let r = rsp.await;
-                let v = match r {
-                    Ok(s) if s < 500 => {
-                        let us = dispatched.elapsed().as_micros();
-                        u32::try_from(us).unwrap_or(FAILED - 1)
-                    }
-                    _ => FAILED,
-                };
-                latencies[id].store(v, Ordering::Relaxed);
-                if finished.fetch_add(1, Ordering::AcqRel) + 1 == REQUESTS {
-                    all_done.notify_one();
-                }
+            recorder.spawn(id, dispatched, async move {
+                matches!(rsp.await, Ok(s) if s < 500)
             });
         }
-        tick_ms += 1;
-        tokio::time::sleep_until(start + Duration::from_millis(tick_ms)).await;
+        arrivals.next_tick().await;
     }
-    if finished.load(Ordering::Acquire) < REQUESTS {
-        all_done.notified().await;
-    }
+    recorder.wait().await;
 
-    let mut ok: Vec<u32> = latencies
-        .iter()
-        .map(|v| v.load(Ordering::Relaxed))
-        .filter(|v| *v != FAILED)
-        .collect();
-    ok.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if ok.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * ok.len() as f64).ceil() as usize).clamp(1, ok.len());
-        f64::from(ok[rank - 1]) / 1e3
-    };
     Outcome {
-        p50: pct(0.50),
-        p99: pct(0.99),
-        p999: pct(0.999),
-        success_pct: 100.0 * ok.len() as f64 / REQUESTS as f64,
+        summary: recorder.summary(),
         first_share_pct: first_calls.map_or(0.0, |c| {
             100.0 * c.load(Ordering::Relaxed) as f64 / REQUESTS as f64
         }),
@@ -523,30 +462,30 @@ struct Row {
 fn main() {
     let wall = std::time::Instant::now();
     let mut rows = Vec::new();
-    println!("| scenario | policy | p50_ms | p99_ms | p999_ms | success_pct |");
-    println!("|---|---|---|---|---|---|");
-    // `LB_QUALITY_ONLY=one-slow,fast-fail` runs a subset of scenarios (for tuning); default all.
-    let only = std::env::var("LB_QUALITY_ONLY").unwrap_or_default();
+    sim::print_header(&[
+        "scenario",
+        "policy",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "success_pct",
+    ]);
     for scenario in SCENARIOS {
-        if !only.is_empty() && !only.split(',').any(|s| s == scenario.name()) {
+        // `LB_QUALITY_ONLY=one-slow,fast-fail` runs a subset of scenarios (for tuning).
+        if !sim::selected("LB_QUALITY_ONLY", scenario.name()) {
             continue;
         }
         for policy in POLICIES {
-            // A fresh paused-clock runtime per cell: identical starting conditions.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            let o = rt.block_on(run_cell(scenario, policy));
+            let o = sim::paused_runtime().block_on(run_cell(scenario, policy));
+            let s = &o.summary;
             println!(
                 "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |",
                 scenario.name(),
                 policy.name(),
-                o.p50,
-                o.p99,
-                o.p999,
-                o.success_pct
+                s.p50,
+                s.p99,
+                s.p999,
+                s.success_pct
             );
             eprintln!(
                 "{}/{}: endpoint 0 got {:.2} % of requests",
@@ -557,21 +496,12 @@ fn main() {
             rows.push(Row {
                 scenario: scenario.name(),
                 policy: policy.name(),
-                p50_ms: o.p50,
-                p99_ms: o.p99,
-                p999_ms: o.p999,
-                success_pct: (o.success_pct * 100.0).round() / 100.0,
+                p50_ms: s.p50,
+                p99_ms: s.p99,
+                p999_ms: s.p999,
+                success_pct: (s.success_pct * 100.0).round() / 100.0,
             });
         }
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("lb_quality.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
-    eprintln!(
-        "wrote {} ({} rows) in {:.1}s wall time",
-        path.display(),
-        rows.len(),
-        wall.elapsed().as_secs_f64()
-    );
+    sim::write_json("lb_quality", &rows, wall);
 }

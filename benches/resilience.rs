@@ -6,7 +6,7 @@
 //! Per-cell counters (retries, hedges, budget refusals, ejections) go to stderr.
 //!
 //! # Model
-//! The fleet is `benches/lb_quality.rs`'s:
+//! The fleet is `benches/lb_quality.rs`'s (the scaffolding both share is `benches/support/sim.rs`):
 //! - 10 endpoints; each serves at most 8 requests at once and queues the rest FIFO (a tokio
 //!   `Semaphore`, which is fair). Service times are lognormal, median 10 ms, σ = 0.6.
 //! - Open-loop Poisson arrivals at 70 % of the healthy fleet's capacity (capacity =
@@ -89,11 +89,13 @@
 //!   first 3.5 s, a burst near 4–5 s until the budget refuses, then ≈ 2 %).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "support/sim.rs"]
+mod sim;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -111,31 +113,20 @@ use mesh_core::retry::{BackoffConfig, Budget, BudgetConfig, Retry, RetryConfig, 
 use meshwork::client::ClassifyHttp;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng};
-use rand_distr::{Distribution, Exp, StandardNormal};
+use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use sim::{env_or, service_time, Arrivals, Recorder, ENDPOINTS, LOAD, MEDIAN_MS, SIGMA, SLOTS};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::discover::Change;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const DEFAULT_REQUESTS: usize = 100_000;
-const ENDPOINTS: usize = 10;
-const SLOTS: usize = 8;
-const SIGMA: f64 = 0.6;
-const MEDIAN_MS: f64 = 10.0;
-const LOAD: f64 = 0.7;
 const FAIL_TIME: Duration = Duration::from_millis(1);
 const STALL_TIME: Duration = Duration::from_secs(1);
 const OUTAGE: Duration = Duration::from_secs(10);
 const DEFAULT_SEED: u64 = 0x7265_7369_6c69_656e;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The simulation seed: fixed, overridable with `RESILIENCE_SEED`.
 fn seed() -> u64 {
@@ -264,11 +255,6 @@ impl SimEndpoint {
     }
 }
 
-fn service_time(z: f64) -> Duration {
-    let ms = (MEDIAN_MS * (SIGMA * z).exp()).round().max(1.0);
-    Duration::from_millis(ms as u64)
-}
-
 fn status_response(status: StatusCode) -> Response<Empty<Bytes>> {
     let mut rsp = Response::new(Empty::new());
     *rsp.status_mut() = status;
@@ -321,7 +307,7 @@ impl<B> Service<Request<B>> for SimEndpoint {
                 return Ok(status_response(StatusCode::OK));
             }
             let _permit = slots.acquire_owned().await.unwrap();
-            tokio::time::sleep(service_time(z)).await;
+            tokio::time::sleep(service_time(MEDIAN_MS, z)).await;
             Ok(status_response(StatusCode::OK))
         })
     }
@@ -475,13 +461,8 @@ fn build(policy: Policy, hedging: bool, endpoints: Vec<SimEndpoint>) -> (Client,
 
 // === one cell ===
 
-const FAILED: u32 = u32::MAX;
-
 struct Outcome {
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    success_pct: f64,
+    summary: sim::Summary,
     attempts_per_req: f64,
     attempts: usize,
     sim_secs: f64,
@@ -520,25 +501,15 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
     // Let the balancer's discovery task see the initial set.
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let start = Instant::now();
 
     // Common random numbers: the same arrivals and first-attempt draws for every policy.
-    let mut rng = SmallRng::seed_from_u64(seed() ^ scenario as u64);
-    let gaps = Exp::new(rate).unwrap();
-    let latencies: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
-    let finished = Arc::new(AtomicUsize::new(0));
-    let all_done = Arc::new(Notify::new());
-
-    let mut next_arrival = gaps.sample(&mut rng);
-    let mut sent = 0usize;
-    let mut tick_ms = 0u64;
-    while sent < n {
-        while next_arrival < (tick_ms + 1) as f64 && sent < n {
-            let z: f64 = StandardNormal.sample(&mut rng);
-            let u: f64 = rng.random();
-            let id = sent;
-            sent += 1;
-            next_arrival += gaps.sample(&mut rng);
+    let mut arrivals = Arrivals::new(seed() ^ scenario as u64, rate, n);
+    let recorder = Recorder::new(n);
+    while !arrivals.done() {
+        while let Some((id, (z, u))) = arrivals.next_due(|rng| {
+            let z: f64 = StandardNormal.sample(&mut *rng);
+            (z, rng.random::<f64>())
+        }) {
             let mut req = Request::new(Empty::<Bytes>::new());
             req.extensions_mut().insert(Draws(Arc::new(DrawsInner {
                 z,
@@ -550,43 +521,15 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
                 outage_requests += 1;
             }
             let rsp = client.ready().await.unwrap().call(req);
-            let (latencies, finished, all_done) =
-                (latencies.clone(), finished.clone(), all_done.clone());
-            tokio::spawn(async move {
-                let v = match rsp.await {
-                    Ok(s) if !s.is_server_error() => {
-                        let us = dispatched.elapsed().as_micros();
-                        u32::try_from(us).unwrap_or(FAILED - 1)
-                    }
-                    _ => FAILED,
-                };
-                latencies[id].store(v, Ordering::Relaxed);
-                if finished.fetch_add(1, Ordering::AcqRel) + 1 == n {
-                    all_done.notify_one();
-                }
+            recorder.spawn(id, dispatched, async move {
+                matches!(rsp.await, Ok(s) if !s.is_server_error())
             });
         }
-        tick_ms += 1;
-        tokio::time::sleep_until(start + Duration::from_millis(tick_ms)).await;
+        arrivals.next_tick().await;
     }
-    if finished.load(Ordering::Acquire) < n {
-        all_done.notified().await;
-    }
-    let sim_secs = start.elapsed().as_secs_f64();
+    recorder.wait().await;
+    let sim_secs = arrivals.start().elapsed().as_secs_f64();
 
-    let mut ok: Vec<u32> = latencies
-        .iter()
-        .map(|v| v.load(Ordering::Relaxed))
-        .filter(|v| *v != FAILED)
-        .collect();
-    ok.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if ok.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * ok.len() as f64).ceil() as usize).clamp(1, ok.len());
-        f64::from(ok[rank - 1]) / 1e3
-    };
     let attempts = calls.load(Ordering::Relaxed);
     let mut notes = Vec::new();
     if scenario == Scenario::Outage {
@@ -629,10 +572,7 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
         ));
     }
     Outcome {
-        p50: pct(0.50),
-        p99: pct(0.99),
-        p999: pct(0.999),
-        success_pct: 100.0 * ok.len() as f64 / n as f64,
+        summary: recorder.summary(),
         attempts_per_req: attempts as f64 / n as f64,
         attempts,
         sim_secs,
@@ -654,32 +594,34 @@ struct Row {
 fn main() {
     let wall = std::time::Instant::now();
     let mut rows = Vec::new();
-    println!("| scenario | policy | p50_ms | p99_ms | p999_ms | success_pct | attempts_per_req |");
-    println!("|---|---|---|---|---|---|---|");
-    // `RESILIENCE_ONLY=outage,stall-2pct` runs a subset of scenarios (for tuning); default all.
-    let only = std::env::var("RESILIENCE_ONLY").unwrap_or_default();
+    sim::print_header(&[
+        "scenario",
+        "policy",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "success_pct",
+        "attempts_per_req",
+    ]);
     for scenario in SCENARIOS {
-        if !only.is_empty() && !only.split(',').any(|s| s == scenario.name()) {
+        // `RESILIENCE_ONLY=outage,stall-2pct` runs a subset of scenarios (for tuning); default all.
+        if !sim::selected("RESILIENCE_ONLY", scenario.name()) {
             continue;
         }
         for policy in POLICIES {
-            // A fresh paused-clock runtime per cell: identical starting conditions.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
+            let rt = sim::paused_runtime();
             let cell = std::time::Instant::now();
             let o = rt.block_on(run_cell(scenario, policy));
             drop(rt);
+            let s = &o.summary;
             println!(
                 "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} |",
                 scenario.name(),
                 policy.name(),
-                o.p50,
-                o.p99,
-                o.p999,
-                o.success_pct,
+                s.p50,
+                s.p99,
+                s.p999,
+                s.success_pct,
                 o.attempts_per_req
             );
             eprintln!(
@@ -698,22 +640,13 @@ fn main() {
             rows.push(Row {
                 scenario: scenario.name(),
                 policy: policy.name(),
-                p50_ms: o.p50,
-                p99_ms: o.p99,
-                p999_ms: o.p999,
-                success_pct: (o.success_pct * 100.0).round() / 100.0,
+                p50_ms: s.p50,
+                p99_ms: s.p99,
+                p999_ms: s.p999,
+                success_pct: (s.success_pct * 100.0).round() / 100.0,
                 attempts_per_req: (o.attempts_per_req * 1000.0).round() / 1000.0,
             });
         }
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("resilience.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
-    eprintln!(
-        "wrote {} ({} rows) in {:.1}s wall time",
-        path.display(),
-        rows.len(),
-        wall.elapsed().as_secs_f64()
-    );
+    sim::write_json("resilience", &rows, wall);
 }
