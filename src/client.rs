@@ -317,9 +317,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Hedging settings, or `None` (the default) to hedge only requests that carry a
-    /// [`mesh_core::hedge::HedgeDelay`] extension... which then are not hedged either: hedging needs
-    /// this set to build the layer. Only idempotent requests with replayable bodies are hedged.
+    /// Hedging settings, or `None` (the default) for no hedging layer at all. With
+    /// `HedgeConfig { enabled: false, .. }` the layer is there but hedges only the requests that
+    /// carry a [`mesh_core::hedge::HedgeDelay`] extension (a route's policy). Only idempotent
+    /// requests with replayable bodies are hedged, and hedges spend the retry budget.
     pub fn hedge(mut self, config: Option<HedgeConfig>) -> Self {
         self.hedge = config;
         self
