@@ -150,7 +150,21 @@ async fn a_killed_backend_is_ejected_until_its_probe_succeeds() {
     let b = Backend::start("b", Duration::ZERO, 200).await;
     let dead = Backend::start("dead", Duration::ZERO, 200).await;
     let dead_addr = dead.addr;
-    let client = client_for(&[a.addr, b.addr, dead_addr]);
+    // The balancer charges each failure to the dead endpoint's cost (150 ms, then 750 ms, ...), so
+    // after two or three failures it stops choosing it and the default 7 consecutive failures
+    // would take the cost's idle decay (seconds) to accumulate. Two consecutive failures keep the
+    // test about the breaker's cycle (eject, probe, restore) rather than about that timing.
+    let discovery =
+        Discovery::fixed([a.addr, b.addr, dead_addr].map(Endpoint::new)).expect("discovery");
+    let breaker = meshwork::core::breaker::BreakerConfig {
+        consecutive_failures: 2,
+        ..Default::default()
+    };
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .breaker(Some(breaker))
+        .build::<Empty<Bytes>>()
+        .expect("client");
     for _ in 0..30 {
         client.request(get()).await.expect("response");
     }
