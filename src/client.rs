@@ -111,6 +111,8 @@ pub struct ClientBuilder {
     hyper: legacy::Builder,
     connect_timeout: Duration,
     authority: Option<Authority>,
+    /// Why the last [`ClientBuilder::authority`] was rejected, reported by `build`.
+    invalid_authority: Option<String>,
     classify: Classifier,
     deadline: DeadlineConfig,
     retry: Option<RetryConfig>,
@@ -250,6 +252,7 @@ impl ClientBuilder {
             hyper,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authority: None,
+            invalid_authority: None,
             classify: Classifier::default(),
             deadline: DeadlineConfig::default(),
             retry: Some(RetryConfig::default()),
@@ -284,9 +287,20 @@ impl ClientBuilder {
     }
 
     /// The logical authority (`host[:port]`) given to requests that carry neither an absolute URI
-    /// nor a `Host` header.
-    pub fn authority(mut self, authority: impl TryInto<Authority>) -> Self {
-        self.authority = authority.try_into().ok();
+    /// nor a `Host` header. An invalid one makes [`ClientBuilder::build`] fail with
+    /// [`BuildError::Config`].
+    pub fn authority<A>(mut self, authority: A) -> Self
+    where
+        A: TryInto<Authority>,
+        A::Error: fmt::Display,
+    {
+        match authority.try_into() {
+            Ok(authority) => {
+                self.authority = Some(authority);
+                self.invalid_authority = None;
+            }
+            Err(error) => self.invalid_authority = Some(error.to_string()),
+        }
         self
     }
 
@@ -395,6 +409,9 @@ impl ClientBuilder {
                 layer,
                 reason: e.to_string(),
             }
+        }
+        if let Some(reason) = &self.invalid_authority {
+            return Err(invalid("authority", reason));
         }
         self.deadline
             .validate()

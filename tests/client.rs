@@ -195,3 +195,14 @@ async fn golden_metrics_are_recorded_by_default() {
     let stat = client.telemetry().stat_json();
     assert!(stat.to_string().contains("metrics.test"), "{stat}");
 }
+
+#[tokio::test]
+async fn an_invalid_authority_is_rejected_at_build() {
+    let discovery =
+        Discovery::fixed([Endpoint::new("127.0.0.1:9".parse().expect("addr"))]).expect("discovery");
+    let err = meshwork::client(discovery)
+        .authority("not a valid authority")
+        .build::<Empty<Bytes>>()
+        .expect_err("invalid authority");
+    assert!(err.to_string().contains("authority"), "{err}");
+}
