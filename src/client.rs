@@ -698,6 +698,29 @@ fn register_counters(
         &source,
         move || watched.stats().errors,
     )?);
+    let watched = discovery.clone();
+    handles.push(registry.register_gauge_fn(
+        names::DISCOVERY_HEALTHY,
+        "1 when the discovery source works, 0 when it is failing (its last good set is kept).",
+        &source,
+        move || f64::from(u8::from(watched.state().is_healthy())),
+    )?);
+    let watched = discovery.clone();
+    handles.push(registry.register_gauge_fn(
+        names::DISCOVERY_LAST_SUCCESS,
+        "Unix time of the discovery source's last successful read (0: never).",
+        &source,
+        move || {
+            watched.state().last_success.map_or(0.0, |at| {
+                // The source keeps a monotonic instant; the exposition wants wall-clock time.
+                let age = tokio::time::Instant::now().saturating_duration_since(at);
+                std::time::SystemTime::now()
+                    .checked_sub(age)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |t| t.as_secs_f64())
+            })
+        },
+    )?);
     Ok(handles)
 }
 

@@ -206,3 +206,47 @@ async fn an_invalid_authority_is_rejected_at_build() {
         .expect_err("invalid authority");
     assert!(err.to_string().contains("authority"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failing_discovery_source_shows_in_the_metrics() {
+    init_tracing();
+    let (discovery, updater) = Discovery::manual();
+    let source = discovery.source().to_owned();
+    let client = meshwork::client(discovery)
+        .authority("health.test")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let gauge = |name: &str| -> String {
+        let text = client.telemetry().registry.encode().expect("encode");
+        let prefix = format!("{name}{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_owned()
+    };
+    // Nothing read yet: not healthy, no success ever.
+    assert_eq!(gauge("meshwork_discovery_healthy"), "0.0");
+    assert_eq!(
+        gauge("meshwork_discovery_last_success_timestamp_seconds"),
+        "0.0"
+    );
+
+    let ep = Endpoint::new("127.0.0.1:9".parse().expect("addr"));
+    updater.update([ep.clone()]).expect("update");
+    assert_eq!(gauge("meshwork_discovery_healthy"), "1.0");
+    let at: f64 = gauge("meshwork_discovery_last_success_timestamp_seconds")
+        .parse()
+        .expect("a number");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((now - 60.0..=now + 1.0).contains(&at), "{at} vs {now}");
+
+    // A rejected update keeps the set, and the source reads as failing until the next good one.
+    assert!(updater.update([ep.clone().with_weight(-1.0)]).is_err());
+    assert_eq!(gauge("meshwork_discovery_healthy"), "0.0");
+    assert_eq!(client.discovery().current().len(), 1);
+    updater.update([ep]).expect("update");
+    assert_eq!(gauge("meshwork_discovery_healthy"), "1.0");
+}

@@ -19,12 +19,19 @@
 //! - an authoritative empty answer (NXDOMAIN, or a NOERROR "NoData" answer carrying the zone's SOA
 //!   record as RFC 2308 requires of negative answers) is believed only when
 //!   two consecutive resolutions give it: the first is reported
-//!   ([`DiscoveryError::EmptyAnswer`]) and re-checked after `ttl_min`; the second empties the set.
-//!   A real scale-to-zero costs one extra resolution; a flapping server costs nothing. An empty
-//!   NOERROR answer *without* an SOA (hickory also reports an answer holding only records of
-//!   another type this way) is treated as a failure, not as "no endpoints".
-//! - For `host:port`, A and AAAA are both queried; if either query fails the whole resolution
-//!   counts as failed, so a transient AAAA failure cannot shrink a dual-stack set.
+//!   ([`DiscoveryError::EmptyAnswer`]) and re-checked after `ttl_min`; the second empties the set
+//!   and *keeps the error visible* ([`DiscoveryError::NoRecords`]), so a misspelled name never
+//!   looks like a healthy service with no endpoints.
+//!   A real scale-to-zero costs one extra resolution; a flapping server costs nothing.
+//! - For `host:port`, A and AAAA are both queried (see [`IpFamily`] to ask for one only). A half
+//!   that the server *does not serve* — answered REFUSED or NOTIMP, or an empty NOERROR with or
+//!   without an SOA — counts as "no addresses of that family": the other half's addresses are
+//!   used. This is what resolvers people run actually do: dnsmasq answers the AAAA query for a
+//!   name it holds only A records of with REFUSED (no upstream) or an empty NOERROR without an
+//!   SOA (`--local` domains). A half that *fails* (timeout, SERVFAIL, an undecodable answer)
+//!   fails the whole resolution, so a transient AAAA failure cannot shrink a dual-stack set. When
+//!   neither half has addresses and neither is an authoritative negative answer, the resolution
+//!   counts as failed, not as "no endpoints". SRV targets are resolved the same way.
 //!
 //! # SRV
 //!
@@ -85,8 +92,21 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of attempts per query: 2 (resolv.conf's default).
 pub const DEFAULT_ATTEMPTS: usize = 2;
-/// How many consecutive authoritative empty answers empty the set: 2 (DESIGN.md, Discovery).
+/// How many consecutive authoritative empty answers empty the set: 2 (see the [module docs](self)).
 pub const EMPTY_ANSWERS_TO_EMPTY: u32 = 2;
+
+/// Which address records a `host:port` name (and each SRV target) is resolved to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IpFamily {
+    /// A and AAAA, queried together (the default).
+    #[default]
+    Dual,
+    /// A records only: no AAAA query is sent (an IPv4-only network, or a server that mishandles
+    /// AAAA queries).
+    V4Only,
+    /// AAAA records only.
+    V6Only,
+}
 
 /// What to resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,8 +145,11 @@ pub struct DnsConfig {
     pub backoff_max: Duration,
     /// Timeout of one query; default 5 s.
     pub query_timeout: Duration,
-    /// Attempts per query (at least 1); default 2.
+    /// Attempts per query, the first included (at least 1); default 2. With a server that never
+    /// answers, one query gives up after `attempts × query_timeout`.
     pub attempts: usize,
+    /// Which address families to resolve; default both ([`IpFamily::Dual`]).
+    pub ip_family: IpFamily,
     /// Labels given to every endpoint found (e.g. `zone`).
     pub labels: BTreeMap<String, String>,
     /// Expected TLS identity of every endpoint found (all pods of a Kubernetes Service usually
@@ -237,6 +260,12 @@ impl DnsConfig {
         self
     }
 
+    /// Resolve A records only (see [`IpFamily::V4Only`]).
+    pub fn with_ipv4_only(mut self) -> Self {
+        self.ip_family = IpFamily::V4Only;
+        self
+    }
+
     /// Checks the name, the intervals and the identity.
     pub fn validate(&self) -> Result<(), DiscoveryError> {
         self.name.validate()?;
@@ -320,7 +349,8 @@ impl DnsConfig {
         // Every re-resolution must reach the server: the TTL schedule lives here, not in a cache.
         opts.cache_size = 0;
         opts.timeout = self.query_timeout;
-        opts.attempts = self.attempts;
+        // hickory's `attempts` counts the retries after the first try.
+        opts.attempts = self.attempts.saturating_sub(1);
         TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()
@@ -348,6 +378,7 @@ impl Default for DnsConfig {
             backoff_max: DEFAULT_BACKOFF_MAX,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             attempts: DEFAULT_ATTEMPTS,
+            ip_family: IpFamily::Dual,
             labels: BTreeMap::new(),
             identity: None,
         }
@@ -405,7 +436,14 @@ async fn refresh(resolver: TokioResolver, config: DnsConfig, publisher: Publishe
                 empty_answers += 1;
                 backoff = config.backoff_initial;
                 if empty_answers >= EMPTY_ANSWERS_TO_EMPTY {
-                    publisher.publish(EndpointSet::new());
+                    // Believed, but still an error: a misspelled name must not look healthy.
+                    publisher.publish_with_error(
+                        EndpointSet::new(),
+                        DiscoveryError::NoRecords {
+                            name: config.name.to_string(),
+                            reason,
+                        },
+                    );
                     config.clamp_ttl(negative_ttl.unwrap_or(config.ttl_min))
                 } else {
                     publisher.report(DiscoveryError::EmptyAnswer {
@@ -445,7 +483,7 @@ async fn resolve(resolver: &TokioResolver, config: &DnsConfig) -> Outcome {
                 Ok(name) => name,
                 Err(e) => return Outcome::Failed(e),
             };
-            match resolve_addrs(resolver, &name).await {
+            match resolve_addrs(resolver, &name, config.ip_family).await {
                 Answer::Found(ips, ttl) => {
                     let mut set = EndpointSet::new();
                     for ip in ips {
@@ -462,6 +500,11 @@ async fn resolve(resolver: &TokioResolver, config: &DnsConfig) -> Outcome {
                     reason,
                     negative_ttl,
                 },
+                Answer::Absent(reason) => Outcome::Failed(DiscoveryError::Resolve {
+                    name: host.clone(),
+                    record_type: "A/AAAA",
+                    reason,
+                }),
                 Answer::Failed(e) => Outcome::Failed(e),
             }
         }
@@ -479,6 +522,9 @@ pub(crate) enum Answer<T> {
         reason: String,
         negative_ttl: Option<Duration>,
     },
+    /// The server does not serve this record type for the name (REFUSED, NOTIMP, or an empty
+    /// NOERROR answer): no records of this type, but nothing said about the name.
+    Absent(String),
     Failed(DiscoveryError),
 }
 
@@ -515,9 +561,9 @@ pub(crate) async fn query(
             }
             match (found.is_empty(), other) {
                 (false, _) => Answer::Found(found, Duration::from_secs(u64::from(ttl))),
-                (true, Some(other)) => failed(format!(
-                    "the answer holds {other} records, not {type_name}"
-                )),
+                (true, Some(other)) => {
+                    failed(format!("the answer holds {other} records, not {type_name}"))
+                }
                 (true, None) => Answer::Empty {
                     reason: "empty answer".to_owned(),
                     negative_ttl: None,
@@ -532,30 +578,52 @@ pub(crate) async fn query(
                 negative_ttl: none.negative_ttl.map(|s| Duration::from_secs(u64::from(s))),
             }
         }
-        // hickory also reports an answer holding only records of another type as "no records";
-        // without an SOA it is not an RFC 2308 negative answer, so it counts as a failure.
-        Err(NetError::Dns(DnsError::NoRecordsFound(none))) => failed(format!(
-            "{:?} answer without {type_name} records and without the SOA record of a negative answer \
-             (wrong record type or malformed answer)",
+        // An empty NOERROR without an SOA is not an RFC 2308 negative answer: it says nothing
+        // about the name, only that this type has no records here (dnsmasq's `--local` domains
+        // answer the AAAA query of an A-only name so). hickory also reports an answer holding
+        // only records of another type this way.
+        Err(NetError::Dns(DnsError::NoRecordsFound(none))) => Answer::Absent(format!(
+            "{type_name}: {:?} answer without records and without the SOA record of a negative \
+             answer (wrong record type or a server that does not serve {type_name})",
             none.response_code
         )),
+        Err(NetError::Dns(DnsError::ResponseCode(
+            code @ (ResponseCode::Refused | ResponseCode::NotImp),
+        ))) => Answer::Absent(format!("{type_name}: the server answered {code}")),
         Err(e) => failed(e.to_string()),
     }
 }
 
-/// A and AAAA of `name`, queried together. Any failure fails the pair; both empty is empty.
-pub(crate) async fn resolve_addrs(resolver: &TokioResolver, name: &Name) -> Answer<IpAddr> {
-    let (v4, v6) = futures_util::future::join(
-        query(resolver, name, RecordType::A),
-        query(resolver, name, RecordType::AAAA),
-    )
-    .await;
+/// The addresses of `name` in `family`, A and AAAA queried together.
+///
+/// Any failure fails the pair. A half the server does not serve ([`Answer::Absent`]) is "no
+/// addresses of that family" when the other half says something; both absent is a failure (the
+/// server told nothing about the name); otherwise an authoritative empty half makes the pair empty.
+pub(crate) async fn resolve_addrs(
+    resolver: &TokioResolver,
+    name: &Name,
+    family: IpFamily,
+) -> Answer<IpAddr> {
+    let answers = match family {
+        IpFamily::Dual => {
+            let (v4, v6) = futures_util::future::join(
+                query(resolver, name, RecordType::A),
+                query(resolver, name, RecordType::AAAA),
+            )
+            .await;
+            vec![v4, v6]
+        }
+        IpFamily::V4Only => vec![query(resolver, name, RecordType::A).await],
+        IpFamily::V6Only => vec![query(resolver, name, RecordType::AAAA).await],
+    };
     let mut ips = Vec::new();
     let mut ttl = None::<Duration>;
     let mut empty = None;
-    for answer in [v4, v6] {
+    let mut absent = Vec::new();
+    for answer in answers {
         match answer {
             Answer::Failed(e) => return Answer::Failed(e),
+            Answer::Absent(reason) => absent.push(reason),
             Answer::Empty {
                 reason,
                 negative_ttl,
@@ -578,6 +646,15 @@ pub(crate) async fn resolve_addrs(resolver: &TokioResolver, name: &Name) -> Answ
             reason,
             negative_ttl,
         },
+        (None, None) if !absent.is_empty() => Answer::Failed(DiscoveryError::Resolve {
+            name: name.to_string(),
+            record_type: match family {
+                IpFamily::Dual => "A/AAAA",
+                IpFamily::V4Only => "A",
+                IpFamily::V6Only => "AAAA",
+            },
+            reason: absent.join("; "),
+        }),
         (None, None) => Answer::Empty {
             reason: "empty answer".to_owned(),
             negative_ttl: None,

@@ -66,6 +66,18 @@ pub enum DiscoveryError {
         reason: String,
     },
 
+    /// The DNS server answered authoritatively, in consecutive resolutions, that a name has no
+    /// records (NXDOMAIN, or NoData with the zone's SOA). The endpoint set is empty, and this
+    /// error stays visible as long as the answer does, so a misspelled name does not look like a
+    /// healthy service without endpoints.
+    #[error("DNS name {name} has no records ({reason}); the endpoint set is empty")]
+    NoRecords {
+        /// The name that was queried.
+        name: String,
+        /// The server's answer, e.g. `NXDomain`.
+        reason: String,
+    },
+
     /// A configuration value was rejected by `validate()` or while building a source.
     #[error("invalid discovery configuration: {field} = {value:?}: {reason}")]
     InvalidConfig {

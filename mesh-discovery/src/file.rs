@@ -44,7 +44,8 @@
 //! set and is reported with the file, line and column ([`DiscoveryError::Parse`],
 //! [`DiscoveryError::Io`]). An empty file is an error too: it is what a reader sees between an
 //! editor's truncate and write, so emptying the set takes an explicit empty list (`[]`, or
-//! `endpoints = []` in TOML). A broken file is reported once, not at every poll; the next good
+//! `endpoints = []` in TOML). A YAML file of only comments (or a bare `~`/`null`) counts as
+//! empty for the same reason: YAML reads it as "nothing", not as an empty list. A broken file is reported once, not at every poll; the next good
 //! version replaces the set and clears the error.
 //!
 //! ```no_run
@@ -303,7 +304,10 @@ fn parse_yaml(text: &str) -> Result<Vec<Entry>, serde_yaml_ng::Error> {
         serde_yaml_ng::Value::Mapping(_) => {
             serde_yaml_ng::from_str::<Document>(text).map(|d| d.endpoints)
         }
-        serde_yaml_ng::Value::Null => Ok(Vec::new()),
+        serde_yaml_ng::Value::Null => Err(<serde_yaml_ng::Error as serde::de::Error>::custom(
+            "the file holds no YAML value (empty, or only comments); write an empty list (`[]`) \
+             to remove every endpoint",
+        )),
         _ => serde_yaml_ng::from_str(text),
     }
 }

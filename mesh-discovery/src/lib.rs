@@ -23,7 +23,9 @@
 //! services they describe (a DNS server restarts, a file is half-written, a control plane is
 //! partitioned), and emptying the endpoint set on such a failure turns a harmless blip into an
 //! outage. So, as in Finagle and Linkerd: **a source that errors or times out keeps its last good
-//! set** and reports the error (`tracing::warn!`, [`Discovery::last_error`], [`Stats`]). Only an
+//! set** and reports the error (`tracing::warn!`, [`Discovery::last_error`],
+//! [`Discovery::state`], [`Stats`]; the facade client exports them as the
+//! `meshwork_discovery_*` metrics). Only an
 //! authoritative "no endpoints" empties a set, and for DNS only when two consecutive resolutions
 //! say so (NXDOMAIN/NoData seen twice in a row); see [`dns`].
 //!
@@ -39,10 +41,11 @@
 //! |---|---|---|
 //! | endpoint weight | 1.0 | |
 //! | file poll interval | 1 s | |
-//! | DNS re-resolution | record TTL clamped to [1 s, 5 min] | DESIGN.md |
+//! | DNS re-resolution | record TTL clamped to [1 s, 5 min] | |
 //! | DNS retry after error | 1 s doubling to 30 s | |
 //! | DNS query timeout / attempts | 5 s / 2 | resolv.conf |
-//! | empty answers before emptying | 2 in a row | DESIGN.md |
+//! | empty answers before emptying | 2 in a row | Finagle, Linkerd (advisory discovery) |
+//! | DNS address families | A and AAAA ([`IpFamily::Dual`]) | |
 //! | DNS server | `/etc/resolv.conf` | |
 //!
 //! # Example
@@ -82,11 +85,11 @@ pub mod srv;
 pub mod watch;
 
 pub use crate::{
-    dns::{DnsConfig, DnsName},
+    dns::{DnsConfig, DnsName, IpFamily},
     endpoint::Endpoint,
     error::DiscoveryError,
     file::{FileConfig, FileFormat},
     fixed::Updater,
     set::EndpointSet,
-    watch::{Changes, Discovery, Stats},
+    watch::{Changes, Discovery, SourceState, Stats},
 };

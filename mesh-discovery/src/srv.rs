@@ -7,8 +7,10 @@
 //!   attempt to contact the target host with the lowest-numbered priority it can reach"). If no
 //!   target of that group has an address, the next group is used. Priority is a failover order,
 //!   not a share of load, so mixing groups into one weighted set would be wrong.
-//! - **Targets** are resolved to A and AAAA (in parallel); each address becomes an endpoint with
-//!   the record's port. A target `.` ("service not available here") or one with no addresses
+//! - **Targets** are resolved to A and AAAA (in parallel, or one family: [`DnsConfig::ip_family`]);
+//!   each address becomes an endpoint with the record's port. As for `host:port`, a half the
+//!   server refuses or answers empty is "no addresses of that family", so an A-only target behind
+//!   dnsmasq is used. A target `.` ("service not available here") or one with no addresses
 //!   (NXDOMAIN) is skipped. A target whose resolution *fails* fails the whole refresh, so a
 //!   transient error cannot shrink the set (advisory semantics, see [`crate::dns`]).
 //! - **Weight**: the endpoint weight is the SRV weight. A weight-0 record gets
@@ -73,6 +75,13 @@ pub(crate) async fn resolve(resolver: &TokioResolver, name: &Name, config: &DnsC
                 negative_ttl,
             }
         }
+        Answer::Absent(reason) => {
+            return Outcome::Failed(crate::DiscoveryError::Resolve {
+                name: name.to_string(),
+                record_type: "SRV",
+                reason,
+            })
+        }
         Answer::Failed(e) => return Outcome::Failed(e),
     };
     let mut groups: BTreeMap<u16, Vec<SRV>> = BTreeMap::new();
@@ -86,7 +95,9 @@ pub(crate) async fn resolve(resolver: &TokioResolver, name: &Name, config: &DnsC
     for group in groups.values() {
         let targets: BTreeSet<&Name> = group.iter().map(|srv| &srv.target).collect();
         let answers = futures_util::future::join_all(
-            targets.iter().map(|target| resolve_addrs(resolver, target)),
+            targets
+                .iter()
+                .map(|target| resolve_addrs(resolver, target, config.ip_family)),
         )
         .await;
         let mut ttl = srv_ttl;
@@ -99,6 +110,13 @@ pub(crate) async fn resolve(resolver: &TokioResolver, name: &Name, config: &DnsC
                 }
                 Answer::Found(..) | Answer::Empty { .. } => {
                     tracing::debug!(%name, %target, "SRV target has no addresses; skipped");
+                }
+                Answer::Absent(reason) => {
+                    return Outcome::Failed(crate::DiscoveryError::Resolve {
+                        name: target.to_string(),
+                        record_type: "A/AAAA",
+                        reason,
+                    })
                 }
                 Answer::Failed(e) => return Outcome::Failed(e),
             }

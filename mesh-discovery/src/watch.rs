@@ -67,11 +67,36 @@ pub struct Stats {
     pub consecutive_errors: u64,
 }
 
+/// The health of one source at one moment, from [`Discovery::state`]: what a metrics layer or an
+/// admin page shows next to the endpoint set.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SourceState {
+    /// Endpoints in the current set.
+    pub endpoints: usize,
+    /// The error the source is in now (`None` when healthy). A source that failed keeps its last
+    /// good set; a DNS name that does not exist keeps [`DiscoveryError::NoRecords`] here.
+    pub last_error: Option<DiscoveryError>,
+    /// When the source last read its input successfully (a file parsed, a name resolved), changed
+    /// or not; `None` before the first success.
+    pub last_success: Option<tokio::time::Instant>,
+    /// The source's counters.
+    pub stats: Stats,
+}
+
+impl SourceState {
+    /// Whether the source is working: it has read its input and is not in an error now.
+    pub fn is_healthy(&self) -> bool {
+        self.last_error.is_none() && self.last_success.is_some()
+    }
+}
+
 /// What the watch channel carries.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct State {
     endpoints: Arc<EndpointSet>,
     last_error: Option<DiscoveryError>,
+    last_success: Option<tokio::time::Instant>,
     stats: Stats,
 }
 
@@ -173,6 +198,17 @@ impl Discovery {
         self.rx.borrow().stats
     }
 
+    /// The source's health: set size, current error, time of the last successful read, counters.
+    pub fn state(&self) -> SourceState {
+        let state = self.rx.borrow();
+        SourceState {
+            endpoints: state.endpoints.len(),
+            last_error: state.last_error.clone(),
+            last_success: state.last_success,
+            stats: state.stats,
+        }
+    }
+
     /// A short name of the source for logs and metrics: `static`, `file:PATH`, `dns:NAME`.
     pub fn source(&self) -> &str {
         &self.source
@@ -217,12 +253,31 @@ impl Publisher {
 
     /// Records a successful read that produced `set`; publishes it if it differs.
     pub(crate) fn publish(&self, set: EndpointSet) {
+        self.publish_inner(set, None);
+    }
+
+    /// Records a read that produced `set` but leaves the source in `error` (a DNS name that does
+    /// not exist: the set is empty, and that must not look healthy).
+    pub(crate) fn publish_with_error(&self, set: EndpointSet, error: DiscoveryError) {
+        self.publish_inner(set, Some(error));
+    }
+
+    fn publish_inner(&self, set: EndpointSet, error: Option<DiscoveryError>) {
         self.tx.send_if_modified(|state| {
-            let had_error = state.last_error.take().is_some();
+            let error_changed = match (&state.last_error, &error) {
+                (None, None) => false,
+                (Some(old), Some(new)) => old.to_string() != new.to_string(),
+                _ => true,
+            };
+            if let (true, Some(error)) = (error_changed, &error) {
+                tracing::warn!(source = %self.source, %error, "discovery source has no endpoints");
+            }
+            state.last_error = error;
+            state.last_success = Some(tokio::time::Instant::now());
             state.stats.refreshes += 1;
             state.stats.consecutive_errors = 0;
             if *state.endpoints == set {
-                return had_error;
+                return error_changed;
             }
             tracing::debug!(source = %self.source, endpoints = set.len(), "endpoint set updated");
             state.endpoints = Arc::new(set);

@@ -381,3 +381,198 @@ async fn errors_are_retried_with_backoff_not_at_the_ttl() {
         "a healthy name is re-resolved at its TTL, not at the retry interval"
     );
 }
+
+/// Every way a server can decline the AAAA half of an A-only name: REFUSED and an empty answer
+/// without SOA are what dnsmasq sends, NOTIMP what some appliances send, NoData with an SOA what
+/// an authoritative server sends.
+const DECLINED: [(Behavior, &str); 4] = [
+    (Behavior::Refused, "REFUSED"),
+    (Behavior::NotImp, "NOTIMP"),
+    (Behavior::EmptyNoSoa, "empty NOERROR without SOA"),
+    (Behavior::Answer, "NoData with SOA"),
+];
+
+#[tokio::test]
+async fn a_records_are_used_when_the_aaaa_half_is_refused_not_implemented_or_empty() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    server.set_ips(WEB, &["127.0.0.1", "127.0.0.2"]);
+    for (behavior, what) in DECLINED {
+        server.set_type_mode(WEB, RecordType::AAAA, Some(behavior));
+        let discovery = Discovery::dns(host(&server, "web.mesh.test:80")).unwrap();
+        wait_until(&discovery, what, |d| d.current().len() == 2).await;
+        assert_eq!(ips(&discovery), ["127.0.0.1", "127.0.0.2"], "{what}");
+        assert!(discovery.state().is_healthy(), "{what}: {discovery:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_set_filled_earlier_follows_the_a_records_once_aaaa_is_refused() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    server.set_ips(WEB, &["127.0.0.1", "::1"]);
+    let discovery = Discovery::dns(host(&server, "web.mesh.test:80")).unwrap();
+    wait_until(&discovery, "dual-stack set", |d| d.current().len() == 2).await;
+
+    server.set_type_mode(WEB, RecordType::AAAA, Some(Behavior::Refused));
+    server.set_ips(WEB, &["127.0.0.3", "127.0.0.4"]);
+    wait_until(&discovery, "the new A records", |d| {
+        ips(d) == ["127.0.0.3", "127.0.0.4"]
+    })
+    .await;
+    assert!(discovery.last_error().is_none());
+}
+
+#[tokio::test]
+async fn a_name_refused_for_both_families_is_a_failure_not_an_empty_set() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    server.set_ips(WEB, &["127.0.0.1"]);
+    let discovery = Discovery::dns(host(&server, "web.mesh.test:80")).unwrap();
+    wait_until(&discovery, "one endpoint", |d| d.current().len() == 1).await;
+    server.set_mode(Behavior::Refused);
+    wait_until(&discovery, "the refusal reported", |d| {
+        matches!(d.last_error(), Some(DiscoveryError::Resolve { .. }))
+    })
+    .await;
+    assert_eq!(ips(&discovery), ["127.0.0.1"], "kept the last good set");
+}
+
+#[tokio::test]
+async fn srv_targets_use_their_a_records_when_aaaa_is_refused_or_empty() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    let srv = "_http._tcp.web.mesh.test";
+    server.set_srv(
+        srv,
+        &[
+            (0, 1, 8080, "web-0.mesh.test."),
+            (0, 1, 8081, "web-1.mesh.test."),
+        ],
+    );
+    server.set_ips("web-0.mesh.test", &["127.0.0.10"]);
+    server.set_ips("web-1.mesh.test", &["127.0.0.11"]);
+    for (behavior, what) in DECLINED {
+        server.set_type_mode("web-0.mesh.test", RecordType::AAAA, Some(behavior));
+        server.set_type_mode("web-1.mesh.test", RecordType::AAAA, Some(behavior));
+        let discovery = Discovery::dns(config(&server, DnsConfig::srv(srv).unwrap())).unwrap();
+        wait_until(&discovery, what, |d| d.current().len() == 2).await;
+        assert_eq!(ports(&discovery), [8080, 8081], "{what}");
+        assert!(discovery.last_error().is_none(), "{what}: {discovery:?}");
+    }
+}
+
+#[tokio::test]
+async fn ipv4_only_sends_no_aaaa_query() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    server.set_ips(WEB, &["127.0.0.1", "::1"]);
+    // A server that fails AAAA outright: dual-stack keeps failing, IPv4-only does not care.
+    server.set_type_mode(WEB, RecordType::AAAA, Some(Behavior::ServFail));
+    let discovery = Discovery::dns(host(&server, "web.mesh.test:80").with_ipv4_only()).unwrap();
+    wait_until(&discovery, "two refreshes", |d| d.stats().refreshes >= 2).await;
+    assert_eq!(ips(&discovery), ["127.0.0.1"]);
+    assert_eq!(server.queries(WEB, RecordType::AAAA), 0);
+}
+
+#[tokio::test]
+async fn attempts_counts_every_query_sent_the_first_included() {
+    init_tracing();
+    // A "server" that reads queries and never answers.
+    let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = dead.local_addr().unwrap();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, _)) = dead.recv_from(&mut buf).await {
+                // QTYPE sits right after the question name; count A queries only.
+                let mut i = 12;
+                while i < n && buf[i] != 0 {
+                    i += usize::from(buf[i]) + 1;
+                }
+                if buf.get(i + 1..i + 3) == Some(&[0, 1]) {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let cfg = DnsConfig {
+        nameserver: Some(addr),
+        query_timeout: Duration::from_millis(300),
+        attempts: 2,
+        // One resolution only within this test.
+        backoff_initial: Duration::from_secs(60),
+        backoff_max: Duration::from_secs(60),
+        ..DnsConfig::host("web.mesh.test:80").unwrap()
+    };
+    let started = tokio::time::Instant::now();
+    let discovery = Discovery::dns(cfg).unwrap();
+    wait_until(&discovery, "the failure", |d| d.stats().errors >= 1).await;
+    let took = started.elapsed();
+    // Give a late retry (if any) time to arrive before counting.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "attempts = 2 must send the A query twice"
+    );
+    assert!(took >= Duration::from_millis(550), "gave up after {took:?}");
+    counter.abort();
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_exist_keeps_its_error_visible() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    server.set_ips(WEB, &["127.0.0.1"]);
+    let discovery = Discovery::dns(host(&server, "wbe.mesh.test:80")).unwrap();
+    // Well past the confirmation: the set is empty *and* the error is still there.
+    wait_until(&discovery, "three resolutions", |_| {
+        server.queries("wbe.mesh.test", RecordType::A) >= 3
+    })
+    .await;
+    wait_until(&discovery, "a confirmed NXDOMAIN", |d| {
+        matches!(d.last_error(), Some(DiscoveryError::NoRecords { .. }))
+    })
+    .await;
+    let state = discovery.state();
+    assert_eq!(state.endpoints, 0);
+    assert!(!state.is_healthy(), "{state:?}");
+    let err = state.last_error.unwrap().to_string();
+    assert!(
+        err.contains("wbe.mesh.test") && err.contains("NXDomain"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn source_state_shows_the_last_success_and_the_current_error() {
+    init_tracing();
+    let server = DnsServer::start(1).await;
+    server.set_ips(WEB, &["127.0.0.1"]);
+    let discovery = Discovery::dns(host(&server, "web.mesh.test:80")).unwrap();
+    assert!(discovery.state().last_success.is_none());
+    wait_until(&discovery, "one endpoint", |d| d.current().len() == 1).await;
+    let state = discovery.state();
+    assert!(
+        state.is_healthy() && state.last_success.is_some(),
+        "{state:?}"
+    );
+
+    server.set_mode(Behavior::ServFail);
+    wait_until(&discovery, "the error", |d| d.last_error().is_some()).await;
+    let failing = discovery.state();
+    assert!(!failing.is_healthy());
+    let last_success = failing.last_success.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        discovery.state().last_success,
+        Some(last_success),
+        "a failure does not move the last success"
+    );
+    server.set_mode(Behavior::Answer);
+    wait_until(&discovery, "recovery", |d| d.state().is_healthy()).await;
+    assert!(discovery.state().last_success.unwrap() > last_success);
+}

@@ -140,3 +140,39 @@ fn an_unknown_extension_is_rejected() {
     let err = Discovery::file(FileConfig::new("/tmp/endpoints.txt")).unwrap_err();
     assert!(err.to_string().contains("endpoints.txt"), "{err}");
 }
+
+#[tokio::test]
+async fn a_yaml_file_of_only_comments_keeps_the_set() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, "- addr: 127.0.0.1:8080\n").unwrap();
+    let discovery = watch(&path);
+    wait_until(&discovery, "the first load", |d| ports(d) == [8080]).await;
+
+    replace(
+        &path,
+        "# endpoints are being regenerated\n# - addr: 127.0.0.1:9\n",
+    );
+    wait_until(&discovery, "the comments-only file reported", |d| {
+        d.last_error().is_some()
+    })
+    .await;
+    assert!(matches!(
+        discovery.last_error(),
+        Some(DiscoveryError::Parse { .. })
+    ));
+    assert_eq!(
+        ports(&discovery),
+        [8080],
+        "a comments-only file emptied the set"
+    );
+
+    // An explicit empty list still empties it.
+    replace(&path, "# none for now\n[]\n");
+    wait_until(&discovery, "the explicit empty list", |d| {
+        d.current().is_empty()
+    })
+    .await;
+    assert!(discovery.last_error().is_none());
+}

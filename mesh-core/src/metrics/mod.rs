@@ -37,6 +37,8 @@
 //! | `meshwork_backend_endpoints` | gauge | `backend`, `state` (`available`, `ejected`, `probing`) | Endpoints by breaker state ([`names::BACKEND_ENDPOINTS`]). |
 //! | `meshwork_discovery_updates_total` | counter | `source` | Endpoint-set updates applied ([`names::DISCOVERY_UPDATES`]). |
 //! | `meshwork_discovery_errors_total` | counter | `source` | Discovery errors; the last good set is kept ([`names::DISCOVERY_ERRORS`]). |
+//! | `meshwork_discovery_healthy` | gauge | `source` | 1 when the source has read its input and is not failing now, else 0 (a DNS name that does not exist is 0) ([`names::DISCOVERY_HEALTHY`]). |
+//! | `meshwork_discovery_last_success_timestamp_seconds` | gauge | `source` | When the source last read its input successfully, in seconds since the Unix epoch; 0 before the first success ([`names::DISCOVERY_LAST_SUCCESS`]). |
 //! | `meshwork_tls_handshake_failures_total` | counter | `direction` (`client`, `server`), `reason` | Failed TLS handshakes ([`names::TLS_HANDSHAKE_FAILURES`]). |
 //! | `meshwork_trace_spans_exported_total` | counter | | Spans handed to the OTLP exporter ([`crate::trace::Tracing::register_metrics`]). |
 //! | `meshwork_trace_spans_dropped_total` | counter | | Spans dropped because the export queue was full. |
@@ -121,6 +123,10 @@ pub mod names {
     pub const DISCOVERY_UPDATES: &str = "meshwork_discovery_updates";
     /// Counter `{source}`: discovery errors.
     pub const DISCOVERY_ERRORS: &str = "meshwork_discovery_errors";
+    /// Gauge `{source}`: 1 when the discovery source works, 0 when it is failing.
+    pub const DISCOVERY_HEALTHY: &str = "meshwork_discovery_healthy";
+    /// Gauge `{source}`: Unix time of the discovery source's last successful read (0: never).
+    pub const DISCOVERY_LAST_SUCCESS: &str = "meshwork_discovery_last_success_timestamp_seconds";
     /// Counter `{direction, reason}`: failed TLS handshakes.
     pub const TLS_HANDSHAKE_FAILURES: &str = "meshwork_tls_handshake_failures";
     /// Counter: spans handed to the OTLP exporter.

@@ -35,6 +35,12 @@ pub enum Behavior {
     ServFail,
     /// A TXT record in the answer section, whatever type was asked.
     WrongType,
+    /// REFUSED (what dnsmasq answers for a type it holds no records of and cannot forward).
+    Refused,
+    /// NOTIMP.
+    NotImp,
+    /// An empty NOERROR answer *without* the SOA of a negative answer (dnsmasq's `--local`).
+    EmptyNoSoa,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +49,7 @@ struct Zone {
     ttl: u32,
     mode: Option<Behavior>,
     name_modes: HashMap<String, Behavior>,
+    type_modes: HashMap<(String, RecordType), Behavior>,
     once: HashMap<(String, RecordType), VecDeque<Behavior>>,
     queries: HashMap<(String, RecordType), usize>,
 }
@@ -140,6 +147,15 @@ impl DnsServer {
         };
     }
 
+    /// Treats every query for `name`/`record_type` with `behavior` (`None`: back to normal).
+    pub fn set_type_mode(&self, name: &str, record_type: RecordType, behavior: Option<Behavior>) {
+        let mut zone = self.zone();
+        match behavior {
+            Some(b) => zone.type_modes.insert((key(name), record_type), b),
+            None => zone.type_modes.remove(&(key(name), record_type)),
+        };
+    }
+
     /// Treats the next query for `name`/`record_type` with `behavior`, then goes back to normal.
     pub fn once(&self, name: &str, record_type: RecordType, behavior: Behavior) {
         self.zone()
@@ -189,6 +205,7 @@ pub struct Handler {
 enum Reply {
     Records(Vec<Record>),
     Code(ResponseCode),
+    EmptyNoSoa,
 }
 
 impl Handler {
@@ -198,6 +215,7 @@ impl Handler {
         *zone.queries.entry(k.clone()).or_default() += 1;
         let once = zone.once.get_mut(&k).and_then(VecDeque::pop_front);
         let behavior = once
+            .or_else(|| zone.type_modes.get(&k).copied())
             .or_else(|| zone.name_modes.get(&k.0).copied())
             .or(zone.mode)
             .unwrap_or(Behavior::Answer);
@@ -205,6 +223,9 @@ impl Handler {
         match behavior {
             Behavior::NxDomain => Reply::Code(ResponseCode::NXDomain),
             Behavior::ServFail => Reply::Code(ResponseCode::ServFail),
+            Behavior::Refused => Reply::Code(ResponseCode::Refused),
+            Behavior::NotImp => Reply::Code(ResponseCode::NotImp),
+            Behavior::EmptyNoSoa => Reply::EmptyNoSoa,
             Behavior::WrongType => Reply::Records(vec![Record::from_rdata(
                 name.clone(),
                 ttl,
@@ -266,6 +287,11 @@ impl RequestHandler for Handler {
                 };
                 response_handle
                     .send_response(builder.build(metadata, [], [], soa.iter(), []))
+                    .await
+            }
+            Reply::EmptyNoSoa => {
+                response_handle
+                    .send_response(builder.build(metadata, [], [], [], []))
                     .await
             }
             Reply::Records(records) if records.is_empty() => {

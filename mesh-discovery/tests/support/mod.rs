@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod dns_server;
+pub mod dnsmasq;
 
 use std::{future::Future, time::Duration};
 
