@@ -489,8 +489,9 @@ impl ClientBuilder {
         #[cfg(feature = "tls")]
         let tls_failures = new_endpoint.tls_failures.clone();
 
-        // One endpoint service per address, kept while the address stays in the set.
-        let mut endpoints: HashMap<SocketAddr, (EndpointService, Health)> = HashMap::new();
+        // One endpoint service per address, kept while the address stays in the set and its
+        // expected identity stays the same.
+        let mut endpoints: HashMap<SocketAddr, CachedEndpoint> = HashMap::new();
         let changes = self
             .discovery
             .changes()
@@ -739,6 +740,14 @@ fn balance_weight(weight: f64) -> u32 {
     }
 }
 
+/// An endpoint's service, kept across discovery updates that change only its weight or labels.
+struct CachedEndpoint {
+    /// The identity the service's TLS connector checks; a different one needs a new service.
+    identity: Option<String>,
+    service: EndpointService,
+    health: Health,
+}
+
 /// Makes the per-endpoint services: hyper pool, concurrency cap, breaker.
 struct NewEndpoint {
     hyper: legacy::Builder,
@@ -759,13 +768,21 @@ struct NewEndpoint {
 impl NewEndpoint {
     /// The service for `endpoint`, reusing the one already made for its address when its identity
     /// has not changed. `None` if the endpoint cannot be used (mTLS required and no valid identity).
+    ///
+    /// A changed (or removed) expected identity builds a new service: the old one's pooled
+    /// connections were verified against the old identity and must not carry another request.
     fn get_or_make(
         &self,
-        cache: &mut HashMap<SocketAddr, (EndpointService, Health)>,
+        cache: &mut HashMap<SocketAddr, CachedEndpoint>,
         endpoint: &mesh_discovery::Endpoint,
     ) -> Option<(EndpointService, Health)> {
         if let Some(found) = cache.get(&endpoint.addr) {
-            return Some(found.clone());
+            if found.identity == endpoint.identity {
+                return Some((found.service.clone(), found.health.clone()));
+            }
+            // Left in the cache: if no new service can be made, the caller removes the address
+            // (and tells the balancer); otherwise the insert below replaces it.
+            tracing::debug!(endpoint = %endpoint.addr, old = ?found.identity, new = ?endpoint.identity, "expected identity changed; rebuilding the endpoint's service");
         }
         let connector = self.connector(endpoint)?;
         let health = Health::new();
@@ -789,7 +806,14 @@ impl NewEndpoint {
             ),
             None => BoxCloneSyncService::new(capped),
         };
-        cache.insert(endpoint.addr, (service.clone(), health.clone()));
+        cache.insert(
+            endpoint.addr,
+            CachedEndpoint {
+                identity: endpoint.identity.clone(),
+                service: service.clone(),
+                health: health.clone(),
+            },
+        );
         Some((service, health))
     }
 

@@ -152,3 +152,79 @@ async fn a_certificate_from_another_ca_is_refused() {
     let stranger = client(&other, HELLO, Endpoint::new(addr).with_identity(WORLD));
     assert!(stranger.request(get()).await.is_err());
 }
+
+/// Sends requests until `done` holds for a result, for at most 10 s.
+async fn until<F>(client: &meshwork::Client<Empty<Bytes>>, what: &str, mut done: F) -> String
+where
+    F: FnMut(&Result<http::StatusCode, meshwork::client::Error>) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let result = client.request(get()).await.map(|rsp| rsp.status());
+        if done(&result) {
+            return format!("{result:?}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_whose_expected_identity_changes_is_dialed_with_the_new_one() {
+    init_tracing();
+    let ca = DevCa::new("test CA").expect("ca");
+    let addr = start_world(&ca).await;
+    let (discovery, updater) = Discovery::manual();
+    updater
+        .update([Endpoint::new(addr).with_identity(WORLD)])
+        .expect("update");
+    let hello = meshwork::client(discovery)
+        .authority("world.test")
+        .tls(credentials(&ca, HELLO))
+        .balance(meshwork::balance::Config {
+            failfast_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    // A warm, verified connection to `world`.
+    until(
+        &hello,
+        "a first answer",
+        |r| matches!(r, Ok(s) if *s == 200),
+    )
+    .await;
+
+    // Discovery now expects another workload at that address: the pooled connection, verified
+    // against `world`, must not answer for `other`.
+    const OTHER: &str = "spiffe://test.mesh/ns/default/sa/other";
+    updater
+        .update([Endpoint::new(addr).with_identity(OTHER)])
+        .expect("update");
+    let failed = until(&hello, "the identity check to fail", Result::is_err).await;
+    assert!(failed.contains("ismatch"), "{failed}");
+    for _ in 0..5 {
+        assert!(
+            hello.request(get()).await.is_err(),
+            "a request was answered by `world` although discovery expects `other`"
+        );
+    }
+
+    // The identity removed: with mTLS required, the endpoint is left out.
+    updater.update([Endpoint::new(addr)]).expect("update");
+    until(
+        &hello,
+        "no endpoints",
+        |r| matches!(r, Err(e) if e.is_no_endpoints()),
+    )
+    .await;
+
+    // And back to `world`: answered again.
+    updater
+        .update([Endpoint::new(addr).with_identity(WORLD)])
+        .expect("update");
+    until(&hello, "answers again", |r| matches!(r, Ok(s) if *s == 200)).await;
+}

@@ -125,18 +125,13 @@ pub(crate) fn check_weight(weight: f64) -> Result<(), &'static str> {
 }
 
 /// `Ok` when `id` looks like a SPIFFE ID; otherwise the reason.
-pub(crate) fn check_identity(id: &str) -> Result<(), &'static str> {
-    let Some(rest) = id.strip_prefix("spiffe://") else {
-        return Err("identity must be a SPIFFE URI starting with spiffe://");
-    };
-    let domain = rest.split('/').next().unwrap_or_default();
-    if domain.is_empty() {
-        return Err("identity has no trust domain after spiffe://");
-    }
-    if id.chars().any(char::is_whitespace) {
-        return Err("identity must not contain whitespace");
-    }
-    Ok(())
+/// Checks a SPIFFE ID with the validator mutual TLS uses (`mesh-identity`), so an identity this
+/// crate accepts is never rejected later by the TLS connector (which would silently drop the
+/// endpoint).
+pub(crate) fn check_identity(id: &str) -> Result<(), String> {
+    mesh_identity::validate(id)
+        .map(drop)
+        .map_err(|e| format!("not a SPIFFE ID (spiffe://trust-domain/path) {e}"))
 }
 
 #[cfg(test)]
@@ -161,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn identity_must_be_a_spiffe_uri() {
+    fn identity_must_be_a_spiffe_id_that_tls_accepts() {
         assert!(ep()
             .with_identity("spiffe://td/ns/a/sa/b")
             .validate()
@@ -171,6 +166,10 @@ mod tests {
             "spiffe://",
             "spiffe:///ns",
             "spiffe://td/a b",
+            // Rejected by mutual TLS, so discovery must reject them too (one validator).
+            "spiffe://Cluster.local/ns/a/sa/b",
+            "spiffe://td:8443/ns/a",
+            "spiffe://td/ns/a/",
         ] {
             let err = ep().with_identity(bad).validate().expect_err(bad);
             assert!(err.to_string().contains("identity"), "{err}");

@@ -8,7 +8,9 @@
 //! # Why a typed, strictly parsed identity
 //! Identities are compared for authorization and for endpoint verification, so two spellings of
 //! the same name must not exist. The parser therefore accepts exactly the SPIFFE ID grammar and
-//! nothing else, with the spec's limits:
+//! nothing else. The grammar is checked by the `mesh-identity` crate, the one validator that
+//! discovery uses too, so an identity discovery accepts is one TLS accepts. Its rules, with the
+//! spec's limits:
 //!
 //! - scheme `spiffe://`, lowercase;
 //! - trust domain: non-empty, at most 255 bytes, only `a-z 0-9 . - _` (no uppercase, no port,
@@ -46,12 +48,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::TlsError;
 
-/// Maximum length of a SPIFFE ID in bytes (SPIFFE-ID spec, section 2.3).
-pub const MAX_IDENTITY_LEN: usize = 2048;
-/// Maximum length of a trust domain name in bytes (SPIFFE-ID spec, section 2.1).
-pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
-
-const SCHEME: &str = "spiffe://";
+use mesh_identity::SCHEME;
+pub use mesh_identity::{MAX_IDENTITY_LEN, MAX_TRUST_DOMAIN_LEN};
 
 /// A validated SPIFFE ID, for example `spiffe://example.org/ns/web/sa/frontend`.
 ///
@@ -83,25 +81,9 @@ impl Identity {
             offset,
             reason,
         };
-        if input.len() > MAX_IDENTITY_LEN {
-            return Err(err(MAX_IDENTITY_LEN, "longer than 2048 bytes"));
-        }
-        if !input.starts_with(SCHEME) {
-            let offset = input
-                .bytes()
-                .zip(SCHEME.bytes())
-                .position(|(a, b)| a != b)
-                .unwrap_or(input.len());
-            return Err(err(offset, "scheme must be \"spiffe://\""));
-        }
-        let rest = &input[SCHEME.len()..];
-        let td_len = rest.find('/').unwrap_or(rest.len());
-        let trust_domain = &rest[..td_len];
-        check_trust_domain(trust_domain)
-            .map_err(|(offset, reason)| err(SCHEME.len() + offset, reason))?;
-        let path_start = SCHEME.len() + td_len;
-        check_path(&input[path_start..])
-            .map_err(|(offset, reason)| err(path_start + offset, reason))?;
+        // The one SPIFFE validator, shared with discovery (`mesh-identity`).
+        let id = mesh_identity::validate(input).map_err(|e| err(e.offset, e.reason))?;
+        let path_start = id.path_start;
         Ok(Identity {
             uri: Arc::from(input),
             path_start,
@@ -237,73 +219,10 @@ impl fmt::Display for PeerIdentity {
 
 // === validation ===
 
-/// Validates a trust domain name; on failure returns (byte offset, reason).
+/// Validates a trust domain name; on failure returns (byte offset, reason). The grammar lives in
+/// `mesh-identity`, shared with discovery.
 pub(crate) fn check_trust_domain(td: &str) -> Result<(), (usize, &'static str)> {
-    if td.is_empty() {
-        return Err((0, "trust domain is missing"));
-    }
-    if td.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err((
-            MAX_TRUST_DOMAIN_LEN,
-            "trust domain is longer than 255 bytes",
-        ));
-    }
-    for (i, b) in td.bytes().enumerate() {
-        match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {}
-            b':' => return Err((i, "port is not allowed in a SPIFFE ID")),
-            b'@' => return Err((i, "userinfo is not allowed in a SPIFFE ID")),
-            b'?' => return Err((i, "query is not allowed in a SPIFFE ID")),
-            b'#' => return Err((i, "fragment is not allowed in a SPIFFE ID")),
-            b'A'..=b'Z' => return Err((i, "trust domain must be lowercase")),
-            _ => {
-                return Err((
-                    i,
-                    "trust domain characters are limited to lowercase letters, digits, '.', '-' and '_'",
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Validates the path part (empty or starting with '/'); on failure returns (offset, reason).
-fn check_path(path: &str) -> Result<(), (usize, &'static str)> {
-    if path.is_empty() {
-        return Ok(());
-    }
-    // `path` starts with '/' (it begins where the trust domain's '/' was found).
-    let mut seg_start = 1;
-    for (i, b) in path.bytes().enumerate().skip(1) {
-        match b {
-            b'/' => {
-                check_segment(&path[seg_start..i], seg_start)?;
-                seg_start = i + 1;
-            }
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {}
-            b'?' => return Err((i, "query is not allowed in a SPIFFE ID")),
-            b'#' => return Err((i, "fragment is not allowed in a SPIFFE ID")),
-            b'%' => return Err((i, "percent-encoding is not allowed in a SPIFFE ID path")),
-            _ => {
-                return Err((
-                    i,
-                    "path segment characters are limited to letters, digits, '.', '-' and '_'",
-                ))
-            }
-        }
-    }
-    if seg_start == path.len() {
-        return Err((path.len() - 1, "path cannot have a trailing slash"));
-    }
-    check_segment(&path[seg_start..], seg_start)
-}
-
-fn check_segment(seg: &str, offset: usize) -> Result<(), (usize, &'static str)> {
-    match seg {
-        "" => Err((offset, "path cannot contain empty segments")),
-        "." | ".." => Err((offset, "path cannot contain dot segments ('.' or '..')")),
-        _ => Ok(()),
-    }
+    mesh_identity::validate_trust_domain(td).map_err(|e| (e.offset, e.reason))
 }
 
 fn truncate(input: &str) -> String {
