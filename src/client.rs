@@ -34,6 +34,7 @@
 //! | breaker | 7 consecutive failures or < 80 % success over 10 s; 1 s → 60 s ejection | [`ClientBuilder::breaker`] |
 //! | endpoint concurrency cap | 1,024 | [`ClientBuilder::endpoint_concurrency`] |
 //! | connect timeout | 1 s | [`ClientBuilder::connect_timeout`] |
+//! | connection pool | idle connections closed after 90 s; HTTP/2 PING every 20 s, closed if unanswered for 20 s | [`ClientBuilder::hyper`] |
 //! | mutual TLS | off; [`ClientBuilder::tls`] turns it on for endpoints with an expected identity | [`ClientBuilder::tls`] |
 //! | metrics | on: `meshwork_route_*` around the whole stack, `meshwork_endpoint_*` per endpoint, plus retry, hedge, deadline and ejection counters | [`ClientBuilder::telemetry`] |
 //! | tracing | context propagated (W3C, B3), no spans exported; a span per attempt when a [`Tracing`] exporter is set | [`ClientBuilder::tracing`] |
@@ -72,7 +73,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_balance::{Balance, Health, HealthState};
 use mesh_core::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerStats};
 use mesh_core::classify::{Classifier, GrpcClasses, SharedClassify};
@@ -245,7 +246,10 @@ impl ClientBuilder {
     /// A builder with production defaults over the endpoints `discovery` reports.
     pub fn new(discovery: Discovery) -> Self {
         let mut hyper = legacy::Client::builder(TokioExecutor::new());
-        hyper.pool_idle_timeout(Duration::from_secs(90));
+        hyper
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Some(Duration::from_secs(20)))
+            .http2_keep_alive_timeout(Duration::from_secs(20));
         Self {
             discovery,
             balance: mesh_balance::Config::default(),
@@ -273,8 +277,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The hyper-util client settings each endpoint's pool is built with (HTTP/2 only for gRPC,
-    /// pool sizes, idle timeouts). Default: hyper-util's defaults with a 90 s idle timeout.
+    /// The hyper-util client settings each endpoint's pool is built with (pool sizes, idle
+    /// timeouts, HTTP/2 windows). Default: hyper-util's defaults with a 90 s idle timeout and
+    /// HTTP/2 keepalive PINGs every 20 s (closed when unanswered for 20 s). The client always
+    /// gives the builder tokio's timer, so idle timeouts and keepalives take effect.
     pub fn hyper(mut self, builder: legacy::Builder) -> Self {
         self.hyper = builder;
         self
@@ -473,8 +479,12 @@ impl ClientBuilder {
             .map_or_else(BreakerStats::default, BreakerLayer::stats);
         let shed_layer = Shed::layer(self.shed);
         let shed_stats = shed_layer.stats();
+        // Without timers hyper's pool never closes idle connections and HTTP/2 keepalive
+        // never pings, whatever the settings say: give every builder tokio's.
+        let mut hyper = self.hyper;
+        hyper.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
         let new_endpoint = NewEndpoint {
-            hyper: self.hyper,
+            hyper,
             connect_timeout: self.connect_timeout,
             breaker: breaker_layer.take(),
             cap: self.endpoint_concurrency,

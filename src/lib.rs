@@ -33,6 +33,7 @@
 pub mod body;
 pub mod client;
 pub mod connect;
+pub mod respond;
 pub mod routing;
 pub mod server;
 
@@ -49,6 +50,10 @@ pub use mesh_balance as balance;
 
 /// The request-path layers (the `mesh-core` crate).
 pub use mesh_core as core;
+
+/// The one accept loop of every server: timers, header cap, graceful drain (the `mesh-server`
+/// crate).
+pub use mesh_server as accept;
 
 /// Mutual TLS (the `mesh-tls` crate).
 #[cfg(feature = "tls")]

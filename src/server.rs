@@ -19,6 +19,17 @@
 //! extension (so a handler that calls further services can pass it on), and answers 504 (or
 //! `grpc-status: 4`) when it passes.
 //!
+//! A service that fails a request (a meshwork [`Client`](crate::Client) whose endpoints are
+//! down, say) gets a response anyway: 502, 503 or 504 with an `l5d-err` header naming the cause
+//! (see [`respond`](crate::respond)), never a connection closed with nothing sent.
+//!
+//! Connections are accepted through meshwork's one accept loop ([`mesh_server::Server`]): a
+//! connection that sends nothing is closed after 10 s, an HTTP/1 request head must arrive within
+//! 10 s, a connection without requests is closed after 60 s, HTTP/2 connections are kept alive by
+//! PINGs, request heads over 16 KiB are answered 431, accept errors never stop the server, and on
+//! shutdown it drains (requests in flight get 30 s to finish). Change them with
+//! [`ServerBuilder::limits`].
+//!
 //! ```no_run
 //! use std::convert::Infallible;
 //! use bytes::Bytes;
@@ -35,17 +46,16 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines};
 use mesh_core::metrics::Telemetry;
-use tokio::net::TcpListener;
+use mesh_server::{Listener, Plain, Server, ServerConfig};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::{boxed, Body, BoxError};
+use crate::respond::MapErrorsLayer;
 
 /// Starts building a server with production defaults: plaintext, no authorization, deadlines
 /// honoured.
@@ -57,6 +67,7 @@ pub fn server() -> ServerBuilder {
 #[derive(Default)]
 pub struct ServerBuilder {
     deadline: DeadlineConfig,
+    limits: ServerConfig,
     telemetry: Option<(Telemetry, String)>,
     #[cfg(feature = "tls")]
     tls: Option<(mesh_tls::Credentials, mesh_tls::server::AcceptorConfig)>,
@@ -78,7 +89,8 @@ pub enum ServerError {
     },
 }
 
-type Inbound = BoxCloneSyncService<http::Request<Incoming>, http::Response<Body>, BoxError>;
+/// The inbound stack in front of an application's service, as [`ServerBuilder::layer`] makes it.
+pub type Inbound = BoxCloneSyncService<http::Request<Incoming>, http::Response<Body>, BoxError>;
 
 // === impl ServerBuilder ===
 
@@ -87,6 +99,13 @@ impl ServerBuilder {
     /// of the server's own).
     pub fn deadline(mut self, config: DeadlineConfig) -> Self {
         self.deadline = config;
+        self
+    }
+
+    /// Timers and limits of each connection: first byte, request head, idle, HTTP/2 keepalive,
+    /// request head size, drain (defaults: [`ServerConfig::default`]).
+    pub fn limits(mut self, limits: ServerConfig) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -139,8 +158,8 @@ impl ServerBuilder {
         })?;
         let app = ServiceBuilder::new()
             .layer(Deadlines::layer(self.deadline, DeadlineStats::default()))
+            .layer(MapErrorsLayer)
             .map_response(|rsp: http::Response<B>| rsp.map(boxed))
-            .map_err(Into::into)
             .service(app);
         let app: Inbound = match &self.telemetry {
             Some((telemetry, service)) => {
@@ -163,20 +182,22 @@ impl ServerBuilder {
         Ok(BoxCloneSyncService::new(app))
     }
 
-    /// Serves `app` behind the inbound layers on `listener` until `shutdown` completes (open
-    /// connections finish on their own). HTTP/1.1 and HTTP/2 are both served.
+    /// Serves `app` behind the inbound layers on `listener` until `shutdown` completes, then
+    /// drains (see [`ServerBuilder::limits`]). HTTP/1.1 and HTTP/2 are both served. `listener` is a
+    /// [`tokio::net::TcpListener`] or any other [`Listener`].
     ///
     /// # Errors
     ///
     /// [`ServerError::Config`] if a layer's configuration is invalid; accept and connection errors
     /// are logged, never returned.
-    pub async fn serve<S, B, F>(
+    pub async fn serve<L, S, B, F>(
         self,
-        listener: TcpListener,
+        listener: L,
         app: S,
         shutdown: F,
     ) -> Result<(), ServerError>
     where
+        L: Listener,
         S: Service<http::Request<Incoming>, Response = http::Response<B>>
             + Clone
             + Send
@@ -189,6 +210,10 @@ impl ServerBuilder {
         F: Future<Output = ()>,
     {
         let inbound = self.layer(app)?;
+        let server = Server::new(self.limits.clone()).map_err(|e| ServerError::Config {
+            layer: "server",
+            reason: e.to_string(),
+        })?;
         #[cfg(feature = "tls")]
         if let Some((credentials, config)) = self.tls {
             let acceptor =
@@ -198,10 +223,10 @@ impl ServerBuilder {
                         reason: e.to_string(),
                     }
                 })?;
-            mesh_tls::server::serve(listener, acceptor, inbound, shutdown).await;
+            server.serve(listener, acceptor, inbound, shutdown).await;
             return Ok(());
         }
-        serve_plain(listener, inbound, shutdown).await;
+        server.serve(listener, Plain, inbound, shutdown).await;
         Ok(())
     }
 }
@@ -210,6 +235,7 @@ impl fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ServerBuilder");
         d.field("deadline", &self.deadline)
+            .field("limits", &self.limits)
             .field("telemetry", &self.telemetry.as_ref().map(|(_, name)| name));
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.as_ref().map(|(_, config)| config))
@@ -231,49 +257,4 @@ fn peer_name<'a>(_: &'a http::HeaderMap, extensions: &'a http::Extensions) -> Op
 #[cfg(not(feature = "tls"))]
 fn peer_name<'a>(_: &'a http::HeaderMap, _: &'a http::Extensions) -> Option<&'a str> {
     None
-}
-
-/// The plaintext accept loop: one task per connection, HTTP/1.1 and HTTP/2 by preface.
-async fn serve_plain<F: Future<Output = ()>>(listener: TcpListener, inbound: Inbound, shutdown: F) {
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // Usually EMFILE or a connection reset before accept: back off briefly.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let inbound = inbound.clone();
-        tokio::spawn(async move {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%remote, %error, "cannot set TCP_NODELAY");
-            }
-            let service = HyperService(inbound);
-            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                tracing::debug!(%remote, %error, "connection ended with an error");
-            }
-        });
-    }
-}
-
-/// Adapts the tower stack to hyper's `&self` service trait.
-struct HyperService(Inbound);
-
-impl hyper::service::Service<http::Request<Incoming>> for HyperService {
-    type Response = http::Response<Body>;
-    type Error = BoxError;
-    type Future = tower::util::Oneshot<Inbound, http::Request<Incoming>>;
-
-    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        self.0.clone().oneshot(req)
-    }
 }

@@ -486,10 +486,28 @@ where
         .map_err(|source| TlsError::Serve { source })
 }
 
-/// Accepts connections on `listener` until `shutdown` completes, each in its own task: handshake
-/// with `acceptor`, then [`serve_connection`] with a clone of `service`. Rejected handshakes and
-/// connection errors are logged (`debug`/`info`), never fatal. Connections already open keep
-/// running after `shutdown`.
+/// The mutual-TLS (or, permissive, plaintext) handshake of meshwork's one accept loop: each
+/// request served on the connection carries its [`PeerIdentity`].
+impl mesh_server::Handshake for TlsAcceptor {
+    type Io = ServerIo<tokio::net::TcpStream>;
+    type Peer = PeerIdentity;
+    type Error = TlsError;
+
+    async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        _remote: std::net::SocketAddr,
+    ) -> Result<(Self::Io, Option<PeerIdentity>), TlsError> {
+        let (io, peer) = self.accept(tcp).await?.into_parts();
+        Ok((io, Some(peer)))
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, then drains them, through
+/// meshwork's one accept loop ([`mesh_server::Server`]) with its default timers and limits:
+/// handshake with `acceptor`, then HTTP/1.1 or HTTP/2 with a clone of `service`, each request
+/// carrying the connection's [`PeerIdentity`]. Rejected handshakes and connection errors are
+/// logged, never fatal. For other timers, call [`mesh_server::Server::serve`] with the acceptor.
 pub async fn serve<S, B, F>(listener: TcpListener, acceptor: TlsAcceptor, service: S, shutdown: F)
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -500,35 +518,8 @@ where
     B::Error: Into<BoxError>,
     F: Future<Output = ()>,
 {
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // Usually EMFILE or a connection reset before accept; back off briefly.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = service.clone();
-        tokio::spawn(async move {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%remote, %error, "cannot set TCP_NODELAY");
-            }
-            match acceptor.accept(tcp).await {
-                Ok(accepted) => {
-                    let peer = accepted.peer_identity().clone();
-                    if let Err(error) = serve_connection(accepted, service).await {
-                        tracing::debug!(%remote, %peer, %error, "connection ended with an error");
-                    }
-                }
-                Err(error) => tracing::info!(%remote, %error, "rejected inbound connection"),
-            }
-        });
+    match mesh_server::Server::new(mesh_server::ServerConfig::default()) {
+        Ok(server) => server.serve(listener, acceptor, service, shutdown).await,
+        Err(error) => tracing::error!(%error, "cannot serve"),
     }
 }

@@ -7,8 +7,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use super::MetricsRegistry;
@@ -75,26 +73,23 @@ impl<B> tower::Service<Request<B>> for MetricsService {
     }
 }
 
-/// Serves `/metrics` on `listener` (HTTP/1.1 and HTTP/2) until the returned future is dropped or
-/// accepting fails. Each connection runs on its own task.
+/// Serves `/metrics` on `listener` (HTTP/1.1 and HTTP/2) through meshwork's one accept loop
+/// ([`mesh_server::Server`], default timers and limits) until the returned future is dropped.
+/// Accept errors are logged and retried, never returned.
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: MetricsRegistry,
 ) -> std::io::Result<()> {
+    let server = mesh_server::Server::new(mesh_server::ServerConfig::default())
+        .map_err(std::io::Error::other)?;
     let service = MetricsService::new(registry);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let service = service.clone();
-        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            ready(Ok::<_, Infallible>(
-                service.respond(req.method(), req.uri().path()),
-            ))
-        });
-        tokio::spawn(async move {
-            let conn = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = conn.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
+    server
+        .serve(
+            listener,
+            mesh_server::Plain,
+            service,
+            std::future::pending(),
+        )
+        .await;
+    Ok(())
 }
