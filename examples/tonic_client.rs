@@ -96,13 +96,9 @@ async fn main() -> Result<(), BoxError> {
         endpoints.push(Endpoint::new(addr));
     }
 
-    // gRPC needs HTTP/2: every endpoint's pool speaks it with prior knowledge.
-    let mut hyper =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
-    hyper.http2_only(true);
-    let transport = meshwork::client(Discovery::fixed(endpoints)?)
+    // HTTP/2 to every endpoint, gRPC classification, an authority for tonic's path-only URIs.
+    let transport = meshwork::grpc(Discovery::fixed(endpoints)?)
         .authority("greeter.example")
-        .hyper(hyper)
         .build::<Body>()?;
     let client = GreeterClient::new(transport.clone());
 

@@ -33,6 +33,7 @@
 //! | balancer | P2C peak-EWMA, 30 ms default RTT, 10 s decay, 3 s failfast | [`ClientBuilder::balance`] |
 //! | breaker | 7 consecutive failures or < 80 % success over 10 s; 1 s → 60 s ejection | [`ClientBuilder::breaker`] |
 //! | endpoint concurrency cap | 1,024 | [`ClientBuilder::endpoint_concurrency`] |
+//! | protocol | each request's own version: HTTP/2 (prior knowledge, or ALPN `h2` with TLS) for HTTP/2 requests, HTTP/1.1 for the others | [`ClientBuilder::protocol`], endpoint label `protocol`, route policy |
 //! | connect timeout | 1 s | [`ClientBuilder::connect_timeout`] |
 //! | connection pool | idle connections closed after 90 s; HTTP/2 PING every 20 s, closed if unanswered for 20 s | [`ClientBuilder::hyper`] |
 //! | mutual TLS | off; [`ClientBuilder::tls`] turns it on for endpoints with an expected identity | [`ClientBuilder::tls`] |
@@ -90,7 +91,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::body::{boxed, Body, BoxError};
-use crate::connect::{EndpointConnector, DEFAULT_CONNECT_TIMEOUT};
+use crate::connect::{EndpointClient, EndpointConnector, DEFAULT_CONNECT_TIMEOUT};
+use mesh_core::route::Protocol;
 
 /// The per-endpoint service the balancer chooses among: breaker ─▶ cap ─▶ hyper pool.
 type EndpointService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
@@ -105,11 +107,40 @@ pub fn client(discovery: Discovery) -> ClientBuilder {
     ClientBuilder::new(discovery)
 }
 
+/// Starts building a client for a gRPC service (e.g. the transport of a tonic client) over the
+/// endpoints `discovery` reports: every request goes over HTTP/2 (prior knowledge in plaintext,
+/// ALPN `h2` with TLS), responses are classified by `grpc-status` (in headers or trailers;
+/// UNAVAILABLE is retryable), and requests without an authority (tonic's, unless given an origin)
+/// get one: the DNS name for DNS discovery, else `localhost`. Override it with
+/// [`ClientBuilder::authority`].
+///
+/// ```no_run
+/// use meshwork::discovery::{Discovery, Endpoint};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let discovery = Discovery::fixed([Endpoint::new("127.0.0.1:50051".parse()?)])?;
+/// let transport = meshwork::grpc(discovery).build::<tonic::body::Body>()?;
+/// // let client = GreeterClient::new(transport);
+/// # Ok(()) }
+/// ```
+pub fn grpc(discovery: Discovery) -> ClientBuilder {
+    let authority = discovery
+        .source()
+        .strip_prefix("dns:")
+        .and_then(|name| Authority::try_from(name).ok())
+        .unwrap_or_else(|| Authority::from_static("localhost"));
+    ClientBuilder::new(discovery)
+        .protocol(Protocol::Http2)
+        .classify(Classifier::default())
+        .authority(authority)
+}
+
 /// Builds a [`Client`]. Every setting has a production default (see [the module docs](self)).
 pub struct ClientBuilder {
     discovery: Discovery,
     balance: mesh_balance::Config,
     hyper: legacy::Builder,
+    protocol: Protocol,
     connect_timeout: Duration,
     authority: Option<Authority>,
     /// Why the last [`ClientBuilder::authority`] was rejected, reported by `build`.
@@ -254,6 +285,7 @@ impl ClientBuilder {
             discovery,
             balance: mesh_balance::Config::default(),
             hyper,
+            protocol: Protocol::Auto,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authority: None,
             invalid_authority: None,
@@ -283,6 +315,15 @@ impl ClientBuilder {
     /// gives the builder tokio's timer, so idle timeouts and keepalives take effect.
     pub fn hyper(mut self, builder: legacy::Builder) -> Self {
         self.hyper = builder;
+        self
+    }
+
+    /// The HTTP version requests are sent to endpoints with (default [`Protocol::Auto`]: each
+    /// request's own, so HTTP/2 requests go over HTTP/2 and HTTP/1 ones over HTTP/1.1). An
+    /// endpoint's `protocol` label (`http1`, `http2`), a route's policy and a [`Protocol`] request
+    /// extension override it, in that order.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
@@ -485,6 +526,7 @@ impl ClientBuilder {
         hyper.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
         let new_endpoint = NewEndpoint {
             hyper,
+            protocol: self.protocol,
             connect_timeout: self.connect_timeout,
             breaker: breaker_layer.take(),
             cap: self.endpoint_concurrency,
@@ -761,6 +803,7 @@ struct CachedEndpoint {
 /// Makes the per-endpoint services: hyper pool, concurrency cap, breaker.
 struct NewEndpoint {
     hyper: legacy::Builder,
+    protocol: Protocol,
     connect_timeout: Duration,
     breaker: Option<BreakerLayer>,
     cap: usize,
@@ -796,7 +839,12 @@ impl NewEndpoint {
         }
         let connector = self.connector(endpoint)?;
         let health = Health::new();
-        let client = self.hyper.build::<_, Body>(connector);
+        let protocol = endpoint
+            .labels
+            .get("protocol")
+            .and_then(|name| Protocol::from_name(name))
+            .unwrap_or(self.protocol);
+        let client = EndpointClient::new(&self.hyper, connector, protocol);
         let pool = ServiceBuilder::new()
             .layer(
                 self.telemetry

@@ -8,6 +8,12 @@
 //! address it was built for — in plaintext, or (feature `tls`) with mutual TLS that requires the
 //! server to present the identity discovery expects at that endpoint.
 //!
+//! [`EndpointClient`] is the endpoint's HTTP client on top: two pools over the same connector, one
+//! HTTP/1.1 and one HTTP/2, and each request goes over the one its [`Protocol`] picks (by default
+//! its own version), so one client serves HTTP/1 callers and gRPC alike. HTTP/2 is spoken with
+//! prior knowledge in plaintext and negotiated by ALPN over TLS (each pool offers only its own
+//! protocol).
+//!
 //! Connections get `TCP_NODELAY` (requests and responses are small writes that must not wait for
 //! Nagle's algorithm) and a connect timeout (default 1 s, as Linkerd 2's outbound connect timeout).
 //!
@@ -29,8 +35,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::{self, ResponseFuture};
 use hyper_util::rt::TokioIo;
+use mesh_core::route::{Protocol, RouteTarget};
 use tokio::net::TcpStream;
+
+use crate::body::Body;
 
 /// The default time allowed for a TCP connect to an endpoint.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -155,6 +165,27 @@ impl EndpointConnector {
         self
     }
 
+    /// With TLS, offers only `protocol` in ALPN (`h2` or `http/1.1`); `Auto` offers both.
+    /// Without TLS, unchanged.
+    pub fn alpn(self, protocol: Protocol) -> Self {
+        #[cfg(feature = "tls")]
+        {
+            let mut this = self;
+            let alpn: &[&[u8]] = match protocol {
+                Protocol::Auto => return this,
+                Protocol::Http1 => &[mesh_tls::ALPN_HTTP11],
+                Protocol::Http2 => &[mesh_tls::ALPN_H2],
+            };
+            this.tls = this.tls.map(|tls| tls.with_alpn(alpn));
+            this
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = protocol;
+            self
+        }
+    }
+
     /// The address this connector dials.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -202,6 +233,74 @@ impl tower::Service<http::Uri> for EndpointConnector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { this.connect().await })
+    }
+}
+
+/// An endpoint's HTTP client: an HTTP/1.1 pool and an HTTP/2 pool to the one address, each
+/// request sent over the protocol chosen for it. Cheap to clone (clones share the pools).
+///
+/// The choice, most specific first: a [`Protocol`] request extension, the route's
+/// [`RoutePolicy::protocol`](mesh_core::route::RoutePolicy::protocol) (from the
+/// [`RouteTarget`] extension), the endpoint's default (its `protocol` discovery label, else the
+/// client's), and with [`Protocol::Auto`] the request's version.
+#[derive(Clone, Debug)]
+pub struct EndpointClient {
+    h1: legacy::Client<EndpointConnector, Body>,
+    h2: legacy::Client<EndpointConnector, Body>,
+    default: Protocol,
+}
+
+// === impl EndpointClient ===
+
+impl EndpointClient {
+    /// Both pools from `builder` (the HTTP/2 one with `http2_only`), dialing with `connector`.
+    pub fn new(builder: &legacy::Builder, connector: EndpointConnector, default: Protocol) -> Self {
+        let h1 = builder.build(connector.clone().alpn(Protocol::Http1));
+        let mut h2 = builder.clone();
+        h2.http2_only(true);
+        let h2 = h2.build(connector.alpn(Protocol::Http2));
+        EndpointClient { h1, h2, default }
+    }
+
+    /// The protocol `req` is sent with.
+    pub fn protocol_for<B>(&self, req: &http::Request<B>) -> Protocol {
+        let extensions = req.extensions();
+        let chosen = extensions
+            .get::<Protocol>()
+            .copied()
+            .or_else(|| {
+                extensions
+                    .get::<RouteTarget>()
+                    .and_then(|target| target.policy().protocol)
+            })
+            .unwrap_or(self.default);
+        match chosen {
+            Protocol::Auto if req.version() == http::Version::HTTP_2 => Protocol::Http2,
+            Protocol::Auto => Protocol::Http1,
+            other => other,
+        }
+    }
+}
+
+impl tower::Service<http::Request<Body>> for EndpointClient {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = legacy::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> ResponseFuture {
+        if self.protocol_for(&req) == Protocol::Http2 {
+            *req.version_mut() = http::Version::HTTP_2;
+            self.h2.request(req)
+        } else {
+            if req.version() == http::Version::HTTP_2 {
+                *req.version_mut() = http::Version::HTTP_11;
+            }
+            self.h1.request(req)
+        }
     }
 }
 

@@ -38,7 +38,7 @@ pub mod routing;
 pub mod server;
 
 pub use body::Body;
-pub use client::{client, Client, ClientBuilder};
+pub use client::{client, grpc, Client, ClientBuilder};
 pub use routing::{RoutedClient, RoutedClientBuilder};
 pub use server::{server, ServerBuilder};
 

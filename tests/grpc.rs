@@ -102,6 +102,20 @@ fn mesh_client(addrs: &[SocketAddr]) -> meshwork::Client<Body> {
         .expect("client")
 }
 
+#[tokio::test]
+async fn meshwork_grpc_needs_neither_http2_only_nor_an_authority() {
+    init_tracing();
+    let (greeter, addr) = Greeter::start("a", Answer::Hello(Duration::from_millis(1))).await;
+    let discovery = Discovery::fixed([Endpoint::new(addr)]).expect("discovery");
+    let transport = meshwork::grpc(discovery).build::<Body>().expect("client");
+    let mut client = GreeterClient::new(transport);
+    let reply = call(&mut client, hello("plain"))
+        .await
+        .expect("call succeeds");
+    assert_eq!(reply.message, "hello, plain");
+    assert_eq!(greeter.calls(), 1);
+}
+
 /// A tonic `helloworld.Greeter` client whose transport is a meshwork client over `addrs`.
 fn greeter_client(addrs: &[SocketAddr]) -> GreeterClient<meshwork::Client<Body>> {
     GreeterClient::new(mesh_client(addrs))

@@ -172,6 +172,15 @@ impl TlsConnector {
         self
     }
 
+    /// Offers only `protocols` in ALPN (default: `h2`, then `http/1.1`), e.g. `[ALPN_HTTP11]` for
+    /// a connection that must carry HTTP/1.1.
+    pub fn with_alpn(mut self, protocols: &[&[u8]]) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        self.config = Arc::new(config);
+        self
+    }
+
     /// The identity the server must prove.
     pub fn expected_identity(&self) -> &Identity {
         &self.expected

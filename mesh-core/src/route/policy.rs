@@ -23,6 +23,49 @@ pub struct RoutePolicy {
     pub classification: Option<Classification>,
     /// Hedging; `None` means no hedged requests on this route.
     pub hedge: Option<HedgePolicy>,
+    /// The HTTP version requests on this route are sent to endpoints with; `None` keeps the
+    /// client's choice (by default, the request's own version).
+    pub protocol: Option<Protocol>,
+}
+
+/// The HTTP version a request is sent to an endpoint with. Set per client, per endpoint (the
+/// discovery label `protocol = http1 | http2`), per route ([`RoutePolicy::protocol`]) or per
+/// request (this type as a request extension); the most specific wins.
+///
+/// HTTP/2 is spoken with prior knowledge in plaintext and negotiated by ALPN (`h2` only) over
+/// TLS; HTTP/1.1 offers only `http/1.1` in ALPN, so an HTTP/1 request never rides an HTTP/2
+/// connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// The request's own version: HTTP/2 requests over HTTP/2, others over HTTP/1.1 (default).
+    #[default]
+    Auto,
+    /// HTTP/1.1, whatever the request's version.
+    Http1,
+    /// HTTP/2, whatever the request's version (gRPC needs it).
+    Http2,
+}
+
+impl Protocol {
+    /// The protocol named by `value` (`http1`, `http/1.1`, `h1`; `http2`, `h2`; `auto`),
+    /// case-insensitively; `None` for anything else.
+    pub fn from_name(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Protocol::Auto),
+            "http1" | "http/1.1" | "h1" | "http1.1" => Some(Protocol::Http1),
+            "http2" | "h2" | "h2c" | "http/2" => Some(Protocol::Http2),
+            _ => None,
+        }
+    }
+
+    /// Whether a request of `version` goes over HTTP/2 under this choice.
+    pub fn is_http2(self, version: http::Version) -> bool {
+        match self {
+            Protocol::Auto => version == http::Version::HTTP_2,
+            Protocol::Http1 => false,
+            Protocol::Http2 => true,
+        }
+    }
 }
 
 /// Retry settings for a route.
