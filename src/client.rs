@@ -450,6 +450,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Puts a hedge layer that hedges only the requests asking for it (a route's hedging
+    /// policy) into a client built without one, so route policies take effect.
+    pub(crate) fn with_route_hedging(mut self) -> Self {
+        if self.hedge.is_none() {
+            self.hedge = Some(HedgeConfig {
+                enabled: false,
+                // Under a retry layer sharing the budget, requests deposit there already.
+                deposit: self.retry.is_none(),
+                ..HedgeConfig::default()
+            });
+        }
+        self
+    }
+
     fn validate(&self) -> Result<(), BuildError> {
         fn invalid(layer: &'static str, e: impl fmt::Display) -> BuildError {
             BuildError::Config {

@@ -30,6 +30,15 @@
 //! settings come from one template closure (default: [`crate::client()`]'s defaults), because a dtab
 //! override can send a request to any name the namer binds, so the settings cannot be per name.
 //!
+//! # Route policies
+//!
+//! Each route's [`RoutePolicy`](mesh_core::route::RoutePolicy) takes effect in the leaf client's
+//! layers: its timeout is the request's deadline (504 with `l5d-err` when it passes), retries off
+//! means the request is not retried, its own retry budget is withdrawn from instead of the
+//! client's, its classification replaces the client's, and its hedging policy hedges the route's
+//! idempotent requests (a route without one is not hedged). Leaf clients get a hedge layer for
+//! that, idle unless a route asks for hedging.
+//!
 //! # Errors as responses
 //!
 //! Routing failures are answered, not returned as errors: the response has the status of
@@ -514,6 +523,7 @@ impl NewLeafService for NewLeafClient {
         let _guard = self.namer.runtime.enter();
         let built = self.namer.discovery(leaf).and_then(|d| {
             (self.template)(d)
+                .with_route_hedging()
                 .build::<Body>()
                 .map_err(|e| e.to_string())
         });

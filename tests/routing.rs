@@ -315,3 +315,110 @@ async fn dns_leaves_are_started_once_and_routed_to() {
         "one client for the dns leaf: {client:?}"
     );
 }
+
+// === route policies ===
+
+use meshwork::core::route::{BudgetOverride, RoutePolicy, RouteRetry};
+
+/// One route per host, each to `/svc/world` with its own policy; `/svc/world` is `backend`.
+fn with_policies(
+    backend: &Backend,
+    routes: Vec<(&'static str, RoutePolicy)>,
+) -> RoutedClient<Empty<Bytes>> {
+    let routes = routes
+        .into_iter()
+        .map(|(host, policy)| {
+            Route::builder(host)
+                .host(host)
+                .to(RouteBackend::Name("/svc/world".parse().unwrap()))
+                .policy(policy)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    RoutedClientBuilder::new(
+        RouteTable::new(routes).unwrap(),
+        Dtab::parse("/svc => /srv;").unwrap(),
+    )
+    .service("/srv/world", fixed(backend))
+    .build::<Empty<Bytes>>()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_route_timeout_answers_504_with_l5d_err_after_the_timeout() {
+    init_tracing();
+    let slow = Backend::start("slow", Duration::from_secs(1), 200).await;
+    let policy = RoutePolicy {
+        timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let client = with_policies(&slow, vec![("world", policy)]);
+    let started = tokio::time::Instant::now();
+    let (status, l5d_err, _) = send(&client, get("world").body(Empty::new()).unwrap()).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, http::StatusCode::GATEWAY_TIMEOUT);
+    let l5d_err = l5d_err.expect("l5d-err");
+    assert!(l5d_err.contains("deadline exceeded"), "{l5d_err}");
+    assert!(elapsed >= Duration::from_millis(90), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(900),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_route_with_retries_off_is_not_retried() {
+    init_tracing();
+    let failing = Backend::start("failing", Duration::ZERO, 503).await;
+    let off = RoutePolicy {
+        retry: Some(RouteRetry {
+            enabled: false,
+            budget: None,
+        }),
+        ..Default::default()
+    };
+    let client = with_policies(
+        &failing,
+        vec![("off", off), ("world", RoutePolicy::default())],
+    );
+    let (status, _, _) = send(&client, get("off").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert_eq!(failing.hits(), 1, "a route with retries off was retried");
+    // The same backend through a route with the defaults is retried.
+    let (status, _, _) = send(&client, get("world").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert!(failing.hits() > 2, "the default route was not retried");
+}
+
+#[tokio::test]
+async fn a_route_budget_is_its_own() {
+    init_tracing();
+    let failing = Backend::start("failing", Duration::ZERO, 503).await;
+    let empty_budget = RoutePolicy {
+        retry: Some(RouteRetry {
+            enabled: true,
+            budget: Some(BudgetOverride {
+                ttl: Duration::from_secs(10),
+                min_retries_per_sec: 0,
+                percent_can_retry: 0.0,
+            }),
+        }),
+        ..Default::default()
+    };
+    let client = with_policies(
+        &failing,
+        vec![("stingy", empty_budget), ("world", RoutePolicy::default())],
+    );
+    let (status, _, _) = send(&client, get("stingy").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        failing.hits(),
+        1,
+        "retried although the route's budget is empty"
+    );
+    // The client's shared budget is untouched by that route's: the default route retries.
+    let (status, _, _) = send(&client, get("world").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert!(failing.hits() > 2, "the default route was not retried");
+}

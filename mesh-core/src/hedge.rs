@@ -279,10 +279,15 @@ where
         let ready = std::mem::replace(&mut self.inner, spare.clone());
         let shared = self.shared.clone();
         Box::pin(async move {
-            if shared.config.deposit {
-                shared.budget.deposit();
-            }
             let (mut parts, body) = req.into_parts();
+            // A route's own budget replaces the shared one.
+            let budget = match parts.extensions.get::<crate::route::RouteBudget>() {
+                Some(route) => route.0.clone(),
+                None => shared.budget.clone(),
+            };
+            if shared.config.deposit {
+                budget.deposit();
+            }
             let once = |parts, body| {
                 Request::from_parts(
                     parts,
@@ -326,7 +331,7 @@ where
                 Either::Left((result, _)) => return result,
                 Either::Right(((), _)) => first,
             };
-            if !shared.budget.withdraw() {
+            if !budget.withdraw() {
                 shared
                     .stats
                     .0

@@ -282,7 +282,13 @@ impl Retry<()> {
 }
 
 /// Why a retryable failure was not retried, if it was not.
-fn may_retry(shared: &Shared, retries: u32, deadline: Option<Deadline>, wait: Duration) -> bool {
+fn may_retry(
+    shared: &Shared,
+    budget: &Budget,
+    retries: u32,
+    deadline: Option<Deadline>,
+    wait: Duration,
+) -> bool {
     let stats = &shared.stats.0;
     if retries >= shared.config.max_retries {
         stats.limit_reached.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +301,7 @@ fn may_retry(shared: &Shared, retries: u32, deadline: Option<Deadline>, wait: Du
             return false;
         }
     }
-    if !shared.budget.withdraw() {
+    if !budget.withdraw() {
         stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
         return false;
     }
@@ -372,7 +378,12 @@ where
         Box::pin(async move {
             let stats = &shared.stats.0;
             stats.requests.fetch_add(1, Ordering::Relaxed);
-            shared.budget.deposit();
+            // A route's own budget replaces the shared one.
+            let budget = match req.extensions().get::<crate::route::RouteBudget>() {
+                Some(route) => route.0.clone(),
+                None => shared.budget.clone(),
+            };
+            budget.deposit();
             let info = RequestInfo::of(&req);
             let (mut parts, body) = req.into_parts();
             if parts.extensions.get::<NoRetry>().is_some() {
@@ -417,7 +428,7 @@ where
                     return result;
                 }
                 let wait = backoff.next_wait();
-                if !may_retry(&shared, retries, deadline, wait) {
+                if !may_retry(&shared, &budget, retries, deadline, wait) {
                     return result;
                 }
                 // Release the failed response (and its connection stream) before waiting.

@@ -80,7 +80,10 @@ mod split;
 mod table;
 
 pub use error::RouteError;
-pub use policy::{BudgetOverride, Classification, HedgePolicy, Protocol, RoutePolicy, RouteRetry};
+pub use policy::{
+    BudgetOverride, Classification, HedgePolicy, PolicyExtensions, Protocol, RouteBudget,
+    RoutePolicy, RouteRetry,
+};
 pub use router::{
     BoxError, NewLeafService, OverrideTrust, ResponseFuture, RouteTarget, Router, RouterConfig,
     RouterLayer, Routing, L5D_CTX_DTAB, L5D_DTAB, L5D_ERR,

@@ -4,13 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::RouteError;
+use crate::classify::{Classifier, ClassifyOverride, Preset};
+use crate::deadline::RouteTimeout;
+use crate::hedge::{HedgeDelay, NoHedge};
+use crate::retry::{Budget, BudgetConfig, NoRetry};
 
 /// What the resilience layers should do for requests on one route. Every field is optional: `None`
 /// means "use the layer's own default" (DESIGN.md "Resilience"), so an empty policy changes nothing.
 ///
 /// The router puts the chosen route's policy into the request extensions (inside
-/// [`RouteTarget`](super::RouteTarget)); the deadline, retry, classification and hedging layers
-/// read it from there.
+/// [`RouteTarget`](super::RouteTarget)), and with it the extensions each layer reads (made once
+/// per route, see [`PolicyExtensions`]): the deadline layer's [`RouteTimeout`], the retry layer's
+/// [`NoRetry`] and [`RouteBudget`], the classifier's [`ClassifyOverride`], the hedge layer's
+/// [`HedgeDelay`] or [`NoHedge`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoutePolicy {
     /// Total time allowed for a request on this route (the deadline layer takes the earliest of
@@ -136,6 +142,104 @@ impl Default for HedgePolicy {
             percentile: 0.95,
             delay: None,
             max_hedges: 1,
+        }
+    }
+}
+
+/// A retry budget of one route, as a request extension: the retry and hedge layers withdraw from
+/// it (and deposit into it) instead of their shared budget, so one route's retries cannot spend
+/// another's.
+#[derive(Clone, Debug)]
+pub struct RouteBudget(pub Budget);
+
+/// The request extensions a [`RoutePolicy`] stands for, made once per route (a route's budget is
+/// one [`Budget`] shared by all its requests) and inserted by the router into each request routed
+/// there. Zero-sized markers cost no allocation.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyExtensions {
+    timeout: Option<RouteTimeout>,
+    no_retry: bool,
+    budget: Option<RouteBudget>,
+    classify: Option<ClassifyOverride>,
+    hedge: Option<HedgeDelay>,
+}
+
+// === impl PolicyExtensions ===
+
+impl PolicyExtensions {
+    /// The extensions for `policy` (validated).
+    ///
+    /// A [`Classification::Named`] classifier is not known here and leaves the client's in place;
+    /// a hedge percentile other than the default 0.95 is hedged at the observed p95 (the latency
+    /// estimate keeps only that one). A policy without hedging turns hedging off for the route.
+    pub fn new(policy: &RoutePolicy) -> Result<Self, RouteError> {
+        policy.validate()?;
+        let budget = match &policy.retry {
+            Some(RouteRetry {
+                budget: Some(b), ..
+            }) => {
+                let config = BudgetConfig {
+                    window: b.ttl,
+                    min_per_sec: b.min_retries_per_sec,
+                    ratio: b.percent_can_retry,
+                    ..BudgetConfig::default()
+                };
+                let budget = Budget::new(config).map_err(|_| RouteError::InvalidPolicy {
+                    what: "retry budget is out of range",
+                })?;
+                Some(RouteBudget(budget))
+            }
+            _ => None,
+        };
+        let classify = policy.classification.as_ref().and_then(|c| {
+            let preset = match c {
+                Classification::RetryableIdempotent5xx | Classification::Grpc => {
+                    Preset::RetryableIdempotent5xx
+                }
+                Classification::RetryableRead5xx => Preset::RetryableRead5xx,
+                Classification::NonRetryable5xx => Preset::NonRetryable5xx,
+                Classification::AllSuccessful => Preset::AllSuccessful,
+                Classification::Named(_) => return None,
+            };
+            Some(ClassifyOverride(Classifier::new(preset).shared()))
+        });
+        let hedge = policy.hedge.as_ref().map(|h| match h.delay {
+            Some(delay) => HedgeDelay::Fixed(delay),
+            None => HedgeDelay::P95 {
+                min: Duration::from_millis(10),
+                fallback: Duration::from_millis(100),
+            },
+        });
+        Ok(PolicyExtensions {
+            timeout: policy.timeout.map(RouteTimeout),
+            no_retry: policy.retry.as_ref().is_some_and(|r| !r.enabled),
+            budget,
+            classify,
+            hedge,
+        })
+    }
+
+    /// Inserts the extensions into a request's.
+    pub fn apply(&self, extensions: &mut http::Extensions) {
+        if let Some(timeout) = self.timeout {
+            extensions.insert(timeout);
+        }
+        if self.no_retry {
+            extensions.insert(NoRetry);
+        }
+        if let Some(budget) = &self.budget {
+            extensions.insert(budget.clone());
+        }
+        if let Some(classify) = &self.classify {
+            extensions.insert(classify.clone());
+        }
+        match self.hedge {
+            Some(delay) => {
+                extensions.insert(delay);
+            }
+            None => {
+                extensions.insert(NoHedge);
+            }
         }
     }
 }

@@ -526,6 +526,7 @@ where
         match self.routing.route(&mut req) {
             Ok(target) => {
                 let svc = self.leaf(&target.bound);
+                target.route.extensions().apply(req.extensions_mut());
                 req.extensions_mut().insert(target);
                 ResponseFuture::call(svc.oneshot(req))
             }

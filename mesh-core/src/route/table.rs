@@ -10,7 +10,7 @@ use http::{Method, Request};
 use regex::Regex;
 
 use super::cache::NameCache;
-use super::policy::RoutePolicy;
+use super::policy::{PolicyExtensions, RoutePolicy};
 use super::split::WeightedSplit;
 use super::RouteError;
 use crate::dtab::Path;
@@ -61,12 +61,28 @@ pub enum Backend {
 }
 
 /// The parts of a route that the layers after the router need: its name and policy.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RouteInfo {
     /// The route's name (unique in its table).
     pub name: Arc<str>,
     /// The route's policy.
     pub policy: RoutePolicy,
+    /// The request extensions the policy stands for, made once for the route.
+    extensions: PolicyExtensions,
+}
+
+impl RouteInfo {
+    /// The request extensions of the route's policy (the router inserts them).
+    pub fn extensions(&self) -> &PolicyExtensions {
+        &self.extensions
+    }
+}
+
+impl PartialEq for RouteInfo {
+    fn eq(&self, other: &Self) -> bool {
+        // The extensions are made from the policy.
+        self.name == other.name && self.policy == other.policy
+    }
 }
 
 /// A validated route: matchers, backends with weights, and policy. Build with [`Route::builder`].
@@ -327,11 +343,12 @@ impl RouteBuilder {
         if self.backends.iter().all(|(_, w)| *w == 0) {
             return Err(RouteError::NoBackends { route: name });
         }
-        self.policy.validate()?;
+        let extensions = PolicyExtensions::new(&self.policy)?;
         Ok(Route {
             info: Arc::new(RouteInfo {
                 name: name.into(),
                 policy: self.policy,
+                extensions,
             }),
             host,
             path,
