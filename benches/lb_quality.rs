@@ -10,7 +10,7 @@
 //!   scenario says otherwise.
 //! - Open-loop Poisson arrivals at 70 % of the *healthy* fleet's capacity, where capacity =
 //!   Σ 8 / mean service time and mean = median · exp(σ²/2). "Healthy" means the scenario's fleet
-//!   without its fault: 10 × 10 ms endpoints for `one-slow`, `latency-shift`, `fast-fail` and `churn`
+//!   without its fault: 10 × 10 ms endpoints for `one-slow`, `latency-shift`, `fast-fail`, `churn` and `stall`
 //!   (so the faulty scenarios load the remaining endpoints harder), the 5–50 ms fleet itself for
 //!   `heterogeneous`. 100,000 requests per cell.
 //! - Latency is measured from dispatch (the moment the policy is asked for an endpoint) to the
@@ -32,7 +32,8 @@
 //! `healthy`; `one-slow` (endpoint 0 has a 100 ms median); `latency-shift` (endpoint 0 goes from
 //! 10 ms to 200 ms half-way through the run); `fast-fail` (endpoint 0 answers 503 in 1 ms; a 503 is a
 //! failure response); `heterogeneous` (medians 5–50 ms, geometric spacing); `churn` (every 5 s the
-//! oldest endpoint is removed and a fresh one added).
+//! oldest endpoint is removed and a fresh one added); `stall` (endpoint 0 never answers, and every
+//! request gives up after 50 ms: a balancer learns of the stall only from the dropped requests).
 //!
 //! # Policies
 //! - `meshwork`: `mesh_balance::Balance` with default config (30 ms default RTT, 10 s decay,
@@ -88,16 +89,21 @@ enum Scenario {
     FastFail,
     Heterogeneous,
     Churn,
+    Stall,
 }
 
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 7] = [
     Scenario::Healthy,
     Scenario::OneSlow,
     Scenario::LatencyShift,
     Scenario::FastFail,
     Scenario::Heterogeneous,
     Scenario::Churn,
+    Scenario::Stall,
 ];
+
+/// In the `stall` scenario every request gives up after this long.
+const STALL_TIMEOUT: Duration = Duration::from_millis(50);
 
 impl Scenario {
     fn name(self) -> &'static str {
@@ -108,6 +114,7 @@ impl Scenario {
             Scenario::FastFail => "fast-fail",
             Scenario::Heterogeneous => "heterogeneous",
             Scenario::Churn => "churn",
+            Scenario::Stall => "stall",
         }
     }
 
@@ -169,6 +176,8 @@ enum Behavior {
     },
     /// Answers 503 after 1 ms, without queueing.
     FastFail,
+    /// Never answers (a hung process whose socket stays open).
+    Stall,
 }
 
 /// One endpoint: a FIFO queue in front of `SLOTS` servers.
@@ -212,6 +221,7 @@ impl Service<Req> for SimEndpoint {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     return Ok(503);
                 }
+                Behavior::Stall => std::future::pending().await,
                 Behavior::Normal(m) => m,
                 Behavior::Shift { .. } => 0.0, // decided once served
             };
@@ -401,6 +411,7 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
                 at: start + Duration::from_secs_f64(duration_ms / 2e3),
             },
             (Scenario::FastFail, 0) => Behavior::FastFail,
+            (Scenario::Stall, 0) => Behavior::Stall,
             _ => Behavior::Normal(scenario.healthy_median(i)),
         };
         let ep = SimEndpoint::new(behavior);
@@ -433,8 +444,13 @@ async fn run_cell(scenario: Scenario, policy: Policy) -> Outcome {
         while let Some((id, z)) = arrivals.next_due(|rng| StandardNormal.sample(rng)) {
             let dispatched = Instant::now();
             let rsp = balancer.dispatch(Req(z)).await;
+            let timeout = (scenario == Scenario::Stall).then_some(STALL_TIMEOUT);
             recorder.spawn(id, dispatched, async move {
-                matches!(rsp.await, Ok(s) if s < 500)
+                match timeout {
+                    // Dropping the response future on timeout is how the balancer learns of it.
+                    Some(t) => matches!(tokio::time::timeout(t, rsp).await, Ok(Ok(s)) if s < 500),
+                    None => matches!(rsp.await, Ok(s) if s < 500),
+                }
             });
         }
         arrivals.next_tick().await;

@@ -19,10 +19,37 @@
 //! assert!(!five_xx.is_failure(&Ok(Status(404))));
 //! ```
 
+/// What one endpoint outcome teaches the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The endpoint answered usefully: its latency is a sample of the estimate.
+    Success,
+    /// The endpoint failed: charged as a slow response (the failure penalty, see [`crate::ewma`]).
+    Failure,
+    /// The endpoint refused the connection: a failure, and in panic mode the endpoint is left out
+    /// until one of its requests succeeds (a process that is not listening cannot serve).
+    Refused,
+    /// The answer says nothing about the endpoint (e.g. the mesh made it itself, such as a
+    /// concurrency cap's 503): nothing is recorded, and a probe is handed back.
+    NoVerdict,
+}
+
 /// Decides whether an endpoint's outcome is a failure.
 pub trait Classify<Rsp, E>: Send + Sync + 'static {
     /// `true` if `result` should be charged to the endpoint as a failure.
     fn is_failure(&self, result: &Result<Rsp, E>) -> bool;
+
+    /// The finer [`Outcome`] of `result`. The default is [`Outcome::Failure`] when
+    /// [`Classify::is_failure`] says so, else [`Outcome::Success`]; a classifier that can tell
+    /// refused connections or mesh-made answers overrides it.
+    #[inline]
+    fn outcome(&self, result: &Result<Rsp, E>) -> Outcome {
+        if self.is_failure(result) {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
 }
 
 /// The default classifier: `Err` is a failure, every `Ok` is a success.

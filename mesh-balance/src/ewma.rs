@@ -29,6 +29,14 @@
 //! a recovered endpoint waits to be tried again: `decay × ln(cap / others' cost)`, about 45 s.
 //! Ejection proper is the circuit breaker's business ([`crate::Health`]); this only keeps the cost honest.
 //!
+//! **Dropped requests.** A request dropped before the endpoint answered took at least its elapsed
+//! time: that is recorded when it exceeds the estimate (as tower's `PeakEwma` charges on drop). A
+//! drop that comes before the estimate says nothing new, since the estimate already predicts
+//! longer. And from the second request in a row dropped unanswered, with no answer in between,
+//! each drop is charged as a failure: an endpoint that answers nothing is stalled, and under a
+//! timeout shorter than the others' cost it would otherwise keep a share of the traffic (the
+//! `stall` simulation of `benches/lb_quality.rs`).
+//!
 //! ```
 //! use std::time::Duration;
 //! use mesh_balance::RttEstimate;
@@ -48,7 +56,7 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -164,6 +172,10 @@ pub(crate) struct EndpointLoad {
     estimate_bits: AtomicU64,
     updated_ns: AtomicU64,
     pending: AtomicUsize,
+    /// Requests dropped unanswered since the endpoint last answered anything.
+    unanswered: AtomicU32,
+    /// The endpoint's last attempt was refused at connect, and none has succeeded since.
+    refused: AtomicBool,
 }
 
 // === impl EndpointLoad ===
@@ -174,7 +186,43 @@ impl EndpointLoad {
             estimate_bits: AtomicU64::new(default_rtt_ns.to_bits()),
             updated_ns: AtomicU64::new(now_ns),
             pending: AtomicUsize::new(0),
+            unanswered: AtomicU32::new(0),
+            refused: AtomicBool::new(false),
         }
+    }
+
+    /// Forgets what was learned: the estimate starts again from `default_rtt_ns` at `now_ns` (an
+    /// endpoint restored after ejection is judged afresh, not by the failures that ejected it).
+    pub(crate) fn reset(&self, default_rtt_ns: f64, now_ns: u64) {
+        self.estimate_bits
+            .store(default_rtt_ns.to_bits(), Ordering::Relaxed);
+        self.updated_ns.store(now_ns, Ordering::Relaxed);
+        self.unanswered.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint's last attempt was refused at connect (and none succeeded since).
+    #[inline]
+    pub(crate) fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_refused(&self, refused: bool) {
+        if self.refused.load(Ordering::Relaxed) != refused {
+            self.refused.store(refused, Ordering::Relaxed);
+        }
+    }
+
+    /// The endpoint answered (anything): it is not stalled.
+    #[inline]
+    pub(crate) fn answered(&self) {
+        if self.unanswered.load(Ordering::Relaxed) != 0 {
+            self.unanswered.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to it was dropped before any answer; returns how many in a row now.
+    pub(crate) fn unanswered(&self) -> u32 {
+        self.unanswered.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// `decayed estimate × (pending + 1)`, in nanoseconds.

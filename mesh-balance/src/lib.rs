@@ -30,10 +30,10 @@ pub mod p2c;
 #[cfg(test)]
 mod tests;
 
-pub use classify::{Classify, ErrIsFailure};
+pub use classify::{Classify, ErrIsFailure, Outcome};
 pub use config::Config;
 pub use error::{BoxError, BuildError, ConfigError, Error};
 pub use ewma::{Penalty, RttEstimate};
 pub use health::{Health, HealthState};
 pub use latency::{LatencyHistogram, LatencySummary};
-pub use p2c::{Balance, Builder, Driver, Endpoint, EndpointStats, ResponseFuture};
+pub use p2c::{Avoid, Balance, Builder, Driver, Endpoint, EndpointStats, ResponseFuture};

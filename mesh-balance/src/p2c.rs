@@ -22,6 +22,17 @@
 //! the balancer is in *panic mode* and balances over all of them: better to spread load over endpoints
 //! the breaker distrusts than to crush the few that are left (Envoy's reasoning).
 //!
+//! **Every outcome is seen.** A request dropped before its endpoint answered (a timeout, a
+//! deadline, a hedge that lost) is charged too (see [`crate::ewma`]): otherwise a stalled
+//! endpoint's estimate would only fade, and it would win the comparisons. The classifier's finer
+//! [`Outcome`] marks endpoints that refuse connections; panic mode leaves them out while any other
+//! endpoint is left, and a mesh-made answer ([`Outcome::NoVerdict`]) records nothing. An endpoint
+//! that takes a probe starts again from the default estimate: it is judged by the process that
+//! answers now, not by the penalties that got it ejected.
+//!
+//! **Retries go elsewhere.** [`Balance::call_avoiding`] takes the endpoints earlier attempts of
+//! the same request used ([`Avoid`]) and picks another whenever one is available.
+//!
 //! **Why not `tower::balance::p2c`.** tower's balancer owns its endpoints and needs `&mut self`, so a
 //! shared client puts it behind a `Buffer` task: every request crosses a channel, and the balancer only
 //! learns of discovery changes and endpoint readiness when a request polls it (tower#824); after a
@@ -89,7 +100,7 @@ use tokio::time::Instant;
 use tower::discover::Change;
 use tower::Service;
 
-use crate::classify::{Classify, ErrIsFailure};
+use crate::classify::{Classify, ErrIsFailure, Outcome};
 use crate::config::Config;
 use crate::error::{BoxError, BuildError, Error};
 use crate::ewma::{nanos, EndpointLoad, Penalty};
@@ -138,6 +149,36 @@ impl<S> Endpoint<S> {
         self.health = health;
         self
     }
+}
+
+/// The endpoints that earlier attempts of one request went to, so that a retry or a hedge goes
+/// elsewhere whenever another endpoint is available (Envoy's *previous hosts* retry predicate).
+///
+/// A retry layer keeps one value per request and passes it to every attempt through
+/// [`Balance::call_avoiding`]; the balancer skips the endpoints it [`avoids`](Avoid::avoids) when it
+/// can and [`record`](Avoid::record)s the one it picks. Without this, each attempt is an
+/// independent draw, and with two of three endpoints dead and ejected (panic mode: all three are
+/// candidates) the retries of a request keep landing on the dead ones.
+///
+/// ```
+/// use std::sync::Mutex;
+/// use mesh_balance::Avoid;
+///
+/// #[derive(Default)]
+/// struct Tried(Mutex<Vec<u32>>);
+/// impl Avoid<u32> for Tried {
+///     fn avoids(&self, key: &u32) -> bool { self.0.lock().unwrap().contains(key) }
+///     fn record(&self, key: &u32) { self.0.lock().unwrap().push(*key) }
+/// }
+/// let tried = Tried::default();
+/// tried.record(&7);
+/// assert!(tried.avoids(&7) && !tried.avoids(&8));
+/// ```
+pub trait Avoid<K>: Send + Sync {
+    /// Whether an earlier attempt of the request went to `key`.
+    fn avoids(&self, key: &K) -> bool;
+    /// Records that this attempt goes to `key`.
+    fn record(&self, key: &K);
 }
 
 /// A read-only view of one endpoint's balancing state.
@@ -543,7 +584,39 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let state = match self.shared.try_pick(&mut self.rng) {
+        self.dispatch(req, None)
+    }
+}
+
+impl<K, S, C> Balance<K, S, C> {
+    /// Like [`Service::call`], but avoids the endpoints earlier attempts of the same request went
+    /// to (see [`Avoid`]) whenever another is available, and records the one it picks. While the
+    /// set is empty the request waits as usual and the hint is not used.
+    pub fn call_avoiding<Req>(
+        &mut self,
+        req: Req,
+        avoid: &dyn Avoid<K>,
+    ) -> ResponseFuture<K, S, C, Req>
+    where
+        K: Send + Sync + 'static,
+        S: Service<Req> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        C: Classify<S::Response, S::Error>,
+    {
+        self.dispatch(req, Some(avoid))
+    }
+
+    fn dispatch<Req>(
+        &mut self,
+        req: Req,
+        avoid: Option<&dyn Avoid<K>>,
+    ) -> ResponseFuture<K, S, C, Req>
+    where
+        K: Send + Sync + 'static,
+        S: Service<Req> + Clone + Send + Sync + 'static,
+        C: Send + Sync + 'static,
+    {
+        let state = match self.shared.try_pick(&mut self.rng, avoid) {
             Picked::Member(in_flight) => State::Ready {
                 service: in_flight.member.service.clone(),
                 in_flight: Some(in_flight),
@@ -582,11 +655,26 @@ enum Picked<K, S, C> {
 // === impl Shared ===
 
 impl<K, S, C> Shared<K, S, C> {
-    fn try_pick(&self, rng: &mut Rng) -> Picked<K, S, C> {
+    fn try_pick(&self, rng: &mut Rng, avoid: Option<&dyn Avoid<K>>) -> Picked<K, S, C> {
         let snapshot = self.snapshot.load();
         let now_ns = self.common.now_ns();
-        match pick(&snapshot.members, rng, now_ns, self.common.panic_threshold) {
+        match pick(
+            &snapshot.members,
+            rng,
+            now_ns,
+            self.common.panic_threshold,
+            avoid,
+        ) {
             Choice::Member(member, probe) => {
+                if probe {
+                    // Restored endpoints are judged afresh: the estimate that got it ejected
+                    // (penalties up to `max_failure_rtt`) says nothing about the process that now
+                    // answers, and would keep it out of the choice for tens of seconds.
+                    member.load.reset(self.common.default_rtt_ns, now_ns);
+                }
+                if let Some(avoid) = avoid {
+                    avoid.record(&member.key);
+                }
                 member.load.start();
                 Picked::Member(InFlight {
                     member: member.clone(),
@@ -609,23 +697,27 @@ enum Choice<'a, K, S, C> {
     NoneAvailable,
 }
 
-/// Power of two choices with health, probes, panic mode and drained endpoints.
+/// Power of two choices with health, probes, panic mode, drained and avoided endpoints.
 ///
-/// Fast path (the common case): two distinct random members, both available and weighted: the
-/// cheaper wins; no scan. Because the pair is uniform over the whole set, this is also a correct draw
-/// in panic mode. Otherwise one O(n) pass counts available and weighted members, picks the pool
-/// (available; all weighted in panic mode; everything if all are drained) and draws two from it.
+/// Fast path (the common case): two distinct random members, both available, weighted and not
+/// avoided: the cheaper wins; no scan. Because the pair is uniform over the whole set, this is also a
+/// correct draw in panic mode. Otherwise one O(n) pass counts available and weighted members, picks
+/// the pool (available; all weighted in panic mode; everything if all are drained) and draws two from
+/// it, preferring, in this order, members that are neither refusing connections (panic mode only)
+/// nor avoided, then not refusing, then not avoided, then the whole pool.
 #[inline]
 fn pick<'a, K, S, C>(
     members: &'a [Arc<Member<K, S, C>>],
     rng: &mut Rng,
     now_ns: u64,
     panic_threshold: f64,
+    avoid: Option<&dyn Avoid<K>>,
 ) -> Choice<'a, K, S, C> {
     let n = members.len();
     if n == 0 {
         return Choice::Empty;
     }
+    let avoided = |m: &Member<K, S, C>| avoid.is_some_and(|a| a.avoids(&m.key));
     if n == 1 {
         let m = &members[0];
         if m.eligible() {
@@ -638,12 +730,19 @@ fn pick<'a, K, S, C>(
         let (i, j) = rng.two_distinct(n);
         let (a, b) = (&members[i], &members[j]);
         if a.eligible() && b.eligible() {
-            return Choice::Member(cheaper(a, b, now_ns), false);
+            match (avoided(a), avoided(b)) {
+                (false, false) => return Choice::Member(cheaper(a, b, now_ns), false),
+                (true, false) => return Choice::Member(b, false),
+                (false, true) => return Choice::Member(a, false),
+                (true, true) => {}
+            }
         }
-        // A drawn endpoint waiting for its probe gets this request.
+        // A drawn endpoint waiting for its probe gets this request (not a retry's: a probe
+        // should not be a request's second try at the same endpoint).
         for m in [a, b] {
             if m.weight > 0
                 && m.health.state() == HealthState::Probing
+                && !avoided(m)
                 && m.health.try_acquire_probe()
             {
                 return Choice::Member(m, true);
@@ -660,31 +759,52 @@ fn pick<'a, K, S, C>(
             }
         }
     }
-    let (pool, size): (Pool<K, S, C>, usize) = if weighted == 0 {
-        (|_| true, n)
-    } else if (available as f64) < panic_threshold * weighted as f64 {
-        (|m| m.weight > 0, weighted)
+    let panic = weighted > 0 && (available as f64) < panic_threshold * weighted as f64;
+    let pool: Pool<K, S, C> = if weighted == 0 {
+        |_| true
+    } else if panic {
+        |m| m.weight > 0
     } else if available == 0 {
         return Choice::NoneAvailable;
     } else {
-        (Member::eligible, available)
+        Member::eligible
     };
-    if size == 1 {
-        return match nth(members, pool, 0) {
-            Some(m) => Choice::Member(m, false),
-            None => Choice::Empty,
-        };
+    // Panic mode spreads load over endpoints the breaker distrusts, but not over those refusing
+    // connections right now: a process that is not listening cannot take any of it.
+    let serving = |m: &Member<K, S, C>| !(panic && m.load.refused());
+    let tiers: [&Tier<'_, K, S, C>; 4] = [
+        &|m| pool(m) && serving(m) && !avoided(m),
+        &|m| pool(m) && serving(m),
+        &|m| pool(m) && !avoided(m),
+        &|m| pool(m),
+    ];
+    for tier in tiers {
+        let size = members.iter().filter(|m| tier(m)).count();
+        match size {
+            0 => continue,
+            1 => {
+                if let Some(m) = nth(members, tier, 0) {
+                    return Choice::Member(m, false);
+                }
+            }
+            _ => {
+                let (r1, r2) = rng.two_distinct(size);
+                return match (nth(members, tier, r1), nth(members, tier, r2)) {
+                    (Some(a), Some(b)) => Choice::Member(cheaper(a, b, now_ns), false),
+                    (Some(m), None) | (None, Some(m)) => Choice::Member(m, false),
+                    (None, None) => Choice::Empty,
+                };
+            }
+        }
     }
-    let (r1, r2) = rng.two_distinct(size);
-    match (nth(members, pool, r1), nth(members, pool, r2)) {
-        (Some(a), Some(b)) => Choice::Member(cheaper(a, b, now_ns), false),
-        (Some(m), None) | (None, Some(m)) => Choice::Member(m, false),
-        (None, None) => Choice::Empty,
-    }
+    Choice::Empty
 }
 
 /// Which members a fallback draw is from.
 type Pool<K, S, C> = fn(&Member<K, S, C>) -> bool;
+
+/// A pool narrowed by what the request and the endpoints' recent answers prefer.
+type Tier<'t, K, S, C> = dyn Fn(&Member<K, S, C>) -> bool + 't;
 
 #[inline]
 fn cheaper<'a, K, S, C>(
@@ -699,11 +819,11 @@ fn cheaper<'a, K, S, C>(
     }
 }
 
-fn nth<K, S, C>(
-    members: &[Arc<Member<K, S, C>>],
-    pool: Pool<K, S, C>,
+fn nth<'a, K, S, C>(
+    members: &'a [Arc<Member<K, S, C>>],
+    pool: &Tier<'_, K, S, C>,
     k: usize,
-) -> Option<&Arc<Member<K, S, C>>> {
+) -> Option<&'a Arc<Member<K, S, C>>> {
     members.iter().filter(|m| pool(m)).nth(k)
 }
 
@@ -731,7 +851,7 @@ async fn wait_for_endpoints<K, S, C>(
     loop {
         // Mark first, then look: a change published after the look wakes `changed()`.
         updates.mark_unchanged();
-        match shared.try_pick(&mut rng) {
+        match shared.try_pick(&mut rng, None) {
             Picked::Member(in_flight) => return Ok(in_flight),
             Picked::NoneAvailable { endpoints } => return Err(Error::NoneAvailable { endpoints }),
             Picked::Empty => {}
@@ -764,11 +884,23 @@ impl<K, S, C> InFlight<K, S, C> {
     where
         C: Classify<Rsp, E>,
     {
+        self.done = true;
         let common = &self.member.common;
+        let outcome = common.classify.outcome(result);
+        if outcome == Outcome::NoVerdict {
+            // Nothing learned; an unused probe goes back so another request can probe.
+            if self.probe {
+                self.member.health.cancel_probe();
+            }
+            return;
+        }
+        let load = &self.member.load;
         let now_ns = common.now_ns();
         let rtt_ns = now_ns.saturating_sub(self.start_ns);
-        let failed = common.classify.is_failure(result);
-        self.member.load.observe(
+        let failed = outcome != Outcome::Success;
+        load.answered();
+        load.set_refused(outcome == Outcome::Refused);
+        load.observe(
             rtt_ns as f64,
             failed.then_some(&common.penalty),
             now_ns,
@@ -777,16 +909,36 @@ impl<K, S, C> InFlight<K, S, C> {
         if !failed {
             common.latency.record(Duration::from_nanos(rtt_ns), now_ns);
         }
-        self.done = true;
+    }
+
+    /// The request was dropped before its endpoint answered (a timeout, a deadline, a hedge that
+    /// lost, a caller that left). It took at least the elapsed time, so that is charged when it
+    /// exceeds the estimate; and from the second request in a row dropped unanswered, with no
+    /// answer in between, each is charged as a failure: an endpoint that answers nothing is
+    /// stalled, and without this its idle decay would make it the cheapest of the set.
+    fn charge_drop(&self) {
+        let common = &self.member.common;
+        let load = &self.member.load;
+        let now_ns = common.now_ns();
+        let elapsed = now_ns.saturating_sub(self.start_ns) as f64;
+        let in_a_row = load.unanswered();
+        if in_a_row >= 2 {
+            load.observe(elapsed, Some(&common.penalty), now_ns, common.decay_ns);
+        } else if elapsed > load.estimate_ns(now_ns, common.decay_ns) {
+            load.observe(elapsed, None, now_ns, common.decay_ns);
+        }
     }
 }
 
 impl<K, S, C> Drop for InFlight<K, S, C> {
     fn drop(&mut self) {
-        self.member.load.finish();
-        if self.probe && !self.done {
-            self.member.health.cancel_probe();
+        if !self.done {
+            self.charge_drop();
+            if self.probe {
+                self.member.health.cancel_probe();
+            }
         }
+        self.member.load.finish();
     }
 }
 
@@ -908,23 +1060,34 @@ where
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// splitmix64's output function: a bijection that scatters nearby inputs over the whole range.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// splitmix64: one add and three multiply-xorshifts per draw, no shared state. Each [`Balance`]
 /// handle owns one, seeded from a shared counter, so handles never contend on the generator.
+///
+/// The counter steps by the same constant as the generator, so a raw counter value as the state
+/// would put clone `k + 1` exactly one draw ahead of clone `k` (a pick is two draws: clone `k + 2`
+/// would repeat clone `k`'s picks one step later, and a few clones in rotation would pile onto the
+/// same endpoints). The seed is therefore mixed before use: the clones' states are unrelated points
+/// of the sequence.
 #[derive(Clone, Debug)]
 struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(mix(seed ^ 0x6A09_E667_F3BC_C909))
     }
 
     #[inline]
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GOLDEN);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.0)
     }
 
     /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-32 for any set size).

@@ -466,3 +466,305 @@ async fn reinserting_a_key_updates_weight_and_keeps_learned_latency() {
         "{stats:?}"
     );
 }
+
+// === every outcome is seen, retries go elsewhere, clones draw independently ===
+
+/// Classifies the test statuses finely: 599 = connection refused, 555 = a mesh-made answer (no
+/// verdict), other 5xx = failure.
+#[derive(Clone, Copy, Debug)]
+struct Fine;
+
+impl crate::Classify<u16, Infallible> for Fine {
+    fn is_failure(&self, r: &Result<u16, Infallible>) -> bool {
+        is_5xx(r)
+    }
+
+    fn outcome(&self, r: &Result<u16, Infallible>) -> crate::Outcome {
+        match r {
+            Ok(599) => crate::Outcome::Refused,
+            Ok(555) => crate::Outcome::NoVerdict,
+            Ok(s) if *s >= 500 => crate::Outcome::Failure,
+            _ => crate::Outcome::Success,
+        }
+    }
+}
+
+type FineLb = Balance<usize, Backend, Fine>;
+
+fn fine_balancer(config: Config) -> (FineLb, Tx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let lb = Balance::builder(config)
+        .classify(Fine)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    (lb, tx)
+}
+
+async fn settle_fine(lb: &FineLb, n: usize) {
+    for _ in 0..1000 {
+        if lb.len() == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("endpoint set never reached {n} (is {})", lb.len());
+}
+
+/// The keys earlier attempts used, as a retry layer keeps them.
+#[derive(Default)]
+struct Tried(std::sync::Mutex<Vec<usize>>);
+
+impl crate::Avoid<usize> for Tried {
+    fn avoids(&self, key: &usize) -> bool {
+        self.0.lock().unwrap().contains(key)
+    }
+    fn record(&self, key: &usize) {
+        self.0.lock().unwrap().push(*key);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_endpoint_whose_requests_time_out_loses_its_share() {
+    let (lb, tx) = balancer(config());
+    // Endpoint 0 never answers; every request gives up after 50 ms.
+    let stalled = Backend::new(3_600_000);
+    insert(&tx, 0, Endpoint::new(stalled.clone()));
+    for i in 1..4 {
+        insert(&tx, i, Endpoint::new(Backend::new(10)));
+    }
+    settle(&lb, 4).await;
+    let mut tasks = Vec::new();
+    for w in 0..8u32 {
+        let mut lb = lb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..250 {
+                let call = lb.ready().await.unwrap().call(w * 1000 + i);
+                if let Ok(Ok(200)) = tokio::time::timeout(Duration::from_millis(50), call).await {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    let share = stalled.calls() as f64 / 2000.0;
+    assert!(
+        share < 0.02,
+        "the stalled endpoint drew {} of 2000 requests",
+        stalled.calls()
+    );
+    assert!(ok >= 1960, "{ok} of 2000 succeeded");
+    assert!(
+        lb.endpoints()[0].rtt_estimate >= Duration::from_millis(100),
+        "unanswered requests are charged: {:?}",
+        lb.endpoints()[0]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_after_its_estimate_is_charged_the_elapsed_time() {
+    let (lb, tx) = balancer(config());
+    insert(&tx, 0, Endpoint::new(Backend::new(3_600_000)));
+    settle(&lb, 1).await;
+    let mut lb2 = lb.clone();
+    let call = lb2.ready().await.unwrap().call(1);
+    let r = tokio::time::timeout(Duration::from_millis(400), call).await;
+    assert!(r.is_err());
+    // Charged 400 ms, not left at the 30 ms default to decay toward zero.
+    assert!(
+        lb.endpoints()[0].rtt_estimate >= Duration::from_millis(399),
+        "{:?}",
+        lb.endpoints()[0]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_draw_independent_endpoint_sequences() {
+    // 50 endpoints of equal cost: the cheaper of two is the first drawn, so a clone's picks are
+    // its random sequence.
+    let (lb, tx) = balancer(config());
+    let backends: Vec<Backend> = (0..50).map(|_| Backend::new(0)).collect();
+    for (i, b) in backends.iter().enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()));
+    }
+    settle(&lb, 50).await;
+    let mut clones: Vec<Lb> = (0..4).map(|_| lb.clone()).collect();
+    let mut picks: Vec<Vec<usize>> = vec![Vec::new(); 4];
+    for _ in 0..200 {
+        for (k, c) in clones.iter_mut().enumerate() {
+            let before: Vec<usize> = backends.iter().map(Backend::calls).collect();
+            c.ready().await.unwrap().call(0).await.unwrap();
+            let chosen = backends
+                .iter()
+                .zip(&before)
+                .position(|(b, n)| b.calls() > *n)
+                .unwrap();
+            picks[k].push(chosen);
+        }
+    }
+    for a in 0..4 {
+        for b in 0..4 {
+            if a == b {
+                continue;
+            }
+            for shift in 0..4 {
+                let same = (0..190)
+                    .filter(|&m| picks[a][m + shift] == picks[b][m])
+                    .count();
+                assert!(
+                    same < 30,
+                    "clone {b} repeats clone {a}'s picks {shift} steps later: {same} of 190"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_avoid_the_endpoints_earlier_attempts_used() {
+    let (lb, tx) = balancer(config());
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::failing(1)).collect();
+    let healths: Vec<Health> = (0..3).map(|_| Health::new()).collect();
+    for (i, b) in backends.iter().enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()).health(healths[i].clone()));
+    }
+    settle(&lb, 3).await;
+    // Two of three ejected: panic mode, every endpoint is a candidate.
+    healths[0].eject();
+    healths[1].eject();
+    for round in 0..50 {
+        let tried = Tried::default();
+        let mut lb = lb.clone();
+        for _ in 0..3 {
+            lb.call_avoiding(round, &tried).await.unwrap();
+        }
+        let mut keys = tried.0.lock().unwrap().clone();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            vec![0, 1, 2],
+            "round {round}: three attempts, three endpoints"
+        );
+    }
+    // With every endpoint tried, the hint gives way: a fourth attempt still goes somewhere.
+    let tried = Tried::default();
+    let mut lb2 = lb.clone();
+    for _ in 0..4 {
+        lb2.call_avoiding(9, &tried).await.unwrap();
+    }
+    assert_eq!(tried.0.lock().unwrap().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_leaves_out_endpoints_refusing_connections() {
+    let (lb, tx) = fine_balancer(config());
+    let mut refusing = Backend::failing(1);
+    refusing.status = 599;
+    let dead: Vec<Backend> = (0..2)
+        .map(|_| Backend {
+            calls: Arc::new(AtomicUsize::new(0)),
+            ..refusing.clone()
+        })
+        .collect();
+    let live = Backend::new(10);
+    let healths: Vec<Health> = (0..3).map(|_| Health::new()).collect();
+    insert(
+        &tx,
+        0,
+        Endpoint::new(dead[0].clone()).health(healths[0].clone()),
+    );
+    insert(
+        &tx,
+        1,
+        Endpoint::new(dead[1].clone()).health(healths[1].clone()),
+    );
+    insert(
+        &tx,
+        2,
+        Endpoint::new(live.clone()).health(healths[2].clone()),
+    );
+    settle_fine(&lb, 3).await;
+    // Each dead endpoint refuses once, then the breaker (played here) ejects both.
+    let mut lb2 = lb.clone();
+    while dead.iter().any(|d| d.calls() == 0) {
+        let _ = lb2.ready().await.unwrap().call(0).await;
+    }
+    healths[0].eject();
+    healths[1].eject();
+    let before: usize = dead.iter().map(Backend::calls).sum();
+    for i in 0..300 {
+        let _ = lb2.ready().await.unwrap().call(i).await;
+    }
+    let after: usize = dead.iter().map(Backend::calls).sum();
+    assert_eq!(
+        after - before,
+        0,
+        "panic mode sent requests to refusing endpoints"
+    );
+    assert!(live.calls() >= 300);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probed_endpoint_starts_from_a_fresh_estimate() {
+    let (lb, tx) = fine_balancer(config());
+    let mut flaky = Backend::failing(5);
+    let h = Health::new();
+    insert(&tx, 0, Endpoint::new(flaky.clone()).health(h.clone()));
+    insert(&tx, 1, Endpoint::new(Backend::new(10)));
+    settle_fine(&lb, 2).await;
+    // Failures drive endpoint 0's estimate up to the cap, and the breaker (played here) ejects it.
+    let mut lb2 = lb.clone();
+    while lb.endpoints()[0].rtt_estimate < Duration::from_secs(5) {
+        let _ = lb2.ready().await.unwrap().call(0).await;
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    h.eject();
+    // It recovers; its probe finds it healthy.
+    flaky.status = 200;
+    tx.send(Ok(Change::Insert(
+        0,
+        Endpoint::new(flaky.clone()).health(h.clone()),
+    )))
+    .unwrap();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    h.probe();
+    let mut probed = false;
+    for i in 0..20 {
+        let _ = lb2.ready().await.unwrap().call(i).await;
+        if h.state() == HealthState::Probing && !h.try_acquire_probe() {
+            probed = true;
+            break;
+        }
+        h.cancel_probe();
+    }
+    assert!(probed, "a request took the probe");
+    h.restore();
+    let est = lb.endpoints()[0].rtt_estimate;
+    assert!(
+        est <= Duration::from_millis(31),
+        "restored endpoint starts from the default estimate, not its penalty: {est:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_answered_without_verdict_is_handed_back() {
+    let (lb, tx) = fine_balancer(config());
+    let mut capped = Backend::new(1);
+    capped.status = 555;
+    let h = Health::new();
+    insert(&tx, 0, Endpoint::new(capped).health(h.clone()));
+    settle_fine(&lb, 1).await;
+    h.eject();
+    h.probe();
+    let mut lb2 = lb.clone();
+    let rsp = lb2.ready().await.unwrap().call(1).await.unwrap();
+    assert_eq!(rsp, 555);
+    assert!(
+        h.try_acquire_probe(),
+        "a mesh-made answer is no verdict: another request may probe"
+    );
+}

@@ -519,14 +519,36 @@ impl<F: FnOnce(Class) + Send + 'static> OnClass for F {
 struct PendingEos<R> {
     classify: SharedClassify,
     req: RequestInfo,
-    report: R,
+    /// `None` once reported.
+    report: Option<R>,
+    /// `R::on_class`, captured where `R: OnClass` is known, so that `Drop` can report.
+    fire: fn(R, Class),
+}
+
+impl<R> PendingEos<R> {
+    fn finish(mut self, class: Class) {
+        if let Some(report) = self.report.take() {
+            (self.fire)(report, class);
+        }
+    }
+}
+
+impl<R> Drop for PendingEos<R> {
+    /// The body was dropped before its end: that is its end of stream (as Linkerd's classifying
+    /// body does), so whoever waits for the class — a breaker's probe — always gets one.
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            (self.fire)(report, self.classify.classify_eos(self.req, None));
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
     /// A response body that observes its end (trailers frame, end of stream, or error) and reports
     /// the response's class once through an [`OnClass`]. Frames pass through unchanged. A body that
-    /// is dropped before its end (the caller cancelled) reports nothing: a cancellation is not the
-    /// endpoint's failure.
+    /// is dropped before its end reports then, as an end of stream without trailers
+    /// ([`Classify::classify_eos`] with `None`; for gRPC, a failure: no status arrived), so the
+    /// class is never lost.
     pub struct ClassifyBody<B, R> {
         #[pin]
         inner: B,
@@ -550,7 +572,8 @@ impl<B: Body, R: OnClass> ClassifyBody<B, R> {
             pending: Some(PendingEos {
                 classify,
                 req,
-                report,
+                report: Some(report),
+                fire: R::on_class,
             }),
         }
     }
@@ -605,16 +628,16 @@ where
             match &frame {
                 Some(Ok(f)) if f.is_trailers() => {
                     let class = p.classify.classify_eos(p.req, f.trailers_ref());
-                    p.report.on_class(class);
+                    p.finish(class);
                 }
                 Some(Ok(_)) => *this.pending = Some(p),
                 Some(Err(_)) => {
                     let class = p.classify.classify_error(p.req, ErrorKind::Other);
-                    p.report.on_class(class);
+                    p.finish(class);
                 }
                 None => {
                     let class = p.classify.classify_eos(p.req, None);
-                    p.report.on_class(class);
+                    p.finish(class);
                 }
             }
         }

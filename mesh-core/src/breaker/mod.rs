@@ -22,8 +22,26 @@
 //!
 //! Outcomes that arrive while the endpoint is ejected (requests that were in flight, or panic-mode
 //! traffic) are discarded, including those still queued when the ejection ends; the first outcome
-//! after `probe()` decides. A response that is dropped
-//! before its end (a cancelled request) reports nothing.
+//! after `probe()` decides.
+//!
+//! ## Every outcome is seen, and a probe is never lost
+//!
+//! - A request dropped before its response once its deadline ([`crate::deadline::Deadline`]) or
+//!   its attempt's per-try timeout ([`crate::retry::AttemptDeadline`]) has passed is a timeout:
+//!   classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), a failure. Dropped
+//!   earlier (the caller left, a hedge won), it gives no verdict.
+//! - A response body dropped before its end reports its end of stream then ([`ClassifyBody`]).
+//! - A response the mesh made itself (e.g. the endpoint's concurrency cap) gives no verdict.
+//! - "No verdict" while probing hands the probe back ([`Health::cancel_probe`]): another request
+//!   probes, so an endpoint never stays [`Probing`](mesh_balance::HealthState::Probing) forever.
+//!
+//! ## Refused connections
+//!
+//! An endpoint ejected while its connections are refused (the process is down or restarting) is
+//! probed every [`BreakerConfig::refused_backoff`] (500 ms; no doubling), and any success reported
+//! during that ejection (a panic-mode request, a health check) restores it at once: a restarted
+//! backend is back in the choice within about a second of accepting connections, instead of after
+//! a backoff that has grown to a minute while it was down.
 //!
 //! ```
 //! use mesh_balance::{Health, HealthState};
@@ -68,8 +86,8 @@ use tokio::sync::mpsc;
 use tower::BoxError;
 
 use crate::classify::{
-    classifier_for, default_error_kind, Class, Classifier, ClassifyBody, ErrorInspector, HeadClass,
-    OnClass, RequestInfo, SharedClassify,
+    classifier_for, default_error_kind, Class, Classifier, ClassifyBody, ErrorInspector, ErrorKind,
+    HeadClass, OnClass, RequestInfo, SharedClassify,
 };
 
 /// Success-rate failure accrual. `Default`: threshold 0.8 over 10 s, at least 5 requests
@@ -131,6 +149,10 @@ pub struct BreakerConfig {
     pub jitter: f64,
     /// Outcomes buffered between the endpoint and its breaker task (1024).
     pub channel_capacity: usize,
+    /// The ejection length, constant and jittered like the others, when the endpoint was ejected
+    /// because its connections were refused (500 ms): such an endpoint is down, not struggling, so
+    /// there is no load to back off from, and it should be back soon after it listens again.
+    pub refused_backoff: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -142,6 +164,7 @@ impl Default for BreakerConfig {
             max_backoff: Duration::from_secs(60),
             jitter: 0.5,
             channel_capacity: 1024,
+            refused_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -214,6 +237,12 @@ impl BreakerConfig {
         if self.channel_capacity == 0 {
             return Err(BreakerConfigError::Channel);
         }
+        if self.refused_backoff.is_zero() {
+            return Err(BreakerConfigError::Backoff {
+                min: self.refused_backoff,
+                max: self.max_backoff,
+            });
+        }
         Ok(())
     }
 }
@@ -251,18 +280,35 @@ impl BreakerStats {
     }
 }
 
+/// What one request tells the breaker task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A classified response or error.
+    Class(Class),
+    /// The connection was refused: a failure, and the endpoint is down rather than struggling.
+    Refused,
+    /// Nothing about the endpoint (a mesh-made answer, a cancelled request).
+    None,
+}
+
 /// Sends one outcome to the breaker task, without waiting.
 #[derive(Clone, Debug)]
 pub struct Report {
-    tx: mpsc::Sender<Class>,
+    tx: mpsc::Sender<Verdict>,
     stats: BreakerStats,
+}
+
+impl Report {
+    fn send(&self, verdict: Verdict) {
+        if self.tx.try_send(verdict).is_err() {
+            self.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl OnClass for Report {
     fn on_class(self, class: Class) {
-        if self.tx.try_send(class).is_err() {
-            self.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.send(Verdict::Class(class));
     }
 }
 
@@ -384,6 +430,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let info = RequestInfo::of(&req);
         let classify = classifier_for(req.extensions(), &self.classify);
+        let timeout_at = timeout_at(req.extensions());
         ResponseFuture {
             inner: self.inner.call(req),
             state: Some(Pending {
@@ -391,8 +438,23 @@ where
                 report: self.report.clone(),
                 classify,
                 inspect: self.inspect,
+                timeout_at,
             }),
         }
+    }
+}
+
+/// When the request times out: the earlier of its deadline and its attempt's per-try timeout.
+fn timeout_at(extensions: &http::Extensions) -> Option<tokio::time::Instant> {
+    let deadline = extensions
+        .get::<crate::deadline::Deadline>()
+        .map(|d| d.at());
+    let attempt = extensions
+        .get::<crate::retry::AttemptDeadline>()
+        .map(|d| d.0);
+    match (deadline, attempt) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -401,14 +463,34 @@ struct Pending {
     report: Report,
     classify: SharedClassify,
     inspect: ErrorInspector,
+    timeout_at: Option<tokio::time::Instant>,
 }
 
 pin_project! {
-    /// The [`Breaker`] response future.
+    /// The [`Breaker`] response future. Dropped before the response, it reports a timeout if
+    /// the request's deadline or per-try timeout has passed, else no verdict.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         state: Option<Pending>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(p) = this.state.take() {
+                // Timers fire at or after their instant, with millisecond resolution.
+                let timed_out = p.timeout_at.is_some_and(|at| {
+                    tokio::time::Instant::now() + Duration::from_millis(1) >= at
+                });
+                if timed_out {
+                    let class = p.classify.classify_error(p.info, ErrorKind::Timeout);
+                    p.report.send(Verdict::Class(class));
+                } else {
+                    p.report.send(Verdict::None);
+                }
+            }
+        }
     }
 }
 
@@ -439,8 +521,9 @@ where
         };
         Poll::Ready(match result {
             // A response the mesh made itself (e.g. the endpoint's concurrency cap shed it) says
-            // nothing about the endpoint's health: not reported.
+            // nothing about the endpoint's health: no verdict (a probe is handed back).
             Ok(rsp) if rsp.extensions().get::<crate::error::Error>().is_some() => {
+                p.report.send(Verdict::None);
                 Ok(rsp.map(ClassifyBody::passthrough))
             }
             Ok(rsp) => {
@@ -459,8 +542,12 @@ where
             }
             Err(e) => {
                 let e: BoxError = e.into();
-                p.report
-                    .on_class(p.classify.classify_error(p.info, (p.inspect)(&*e)));
+                let kind = (p.inspect)(&*e);
+                if kind == ErrorKind::Connect {
+                    p.report.send(Verdict::Refused);
+                } else {
+                    p.report.on_class(p.classify.classify_error(p.info, kind));
+                }
                 Err(e)
             }
         })

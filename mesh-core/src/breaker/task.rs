@@ -7,8 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{BreakerConfig, BreakerStats, SuccessRate};
-use crate::classify::Class;
+use super::{BreakerConfig, BreakerStats, SuccessRate, Verdict};
 
 /// Buckets the success-rate window is divided into.
 const BUCKETS: usize = 10;
@@ -92,18 +91,23 @@ fn ejection(config: &BreakerConfig, n: u32) -> Duration {
         .min_backoff
         .saturating_mul(2u32.saturating_pow(n.min(31)))
         .min(config.max_backoff);
+    jittered(config, base)
+}
+
+fn jittered(config: &BreakerConfig, base: Duration) -> Duration {
     let u: f64 = rand::rng().random_range(0.0..1.0);
     base.mul_f64(1.0 - config.jitter * u)
 }
 
 pub(super) async fn run(
-    mut rx: mpsc::Receiver<Class>,
+    mut rx: mpsc::Receiver<Verdict>,
     health: Health,
     config: BreakerConfig,
     stats: BreakerStats,
 ) {
     let stats = &stats.0;
     let mut consecutive = 0u32;
+    let mut refused = false;
     let mut window = config.success_rate.map(RateWindow::new);
     loop {
         // Closed: count outcomes until a rule trips. While the window's minimum observation time
@@ -121,8 +125,10 @@ pub(super) async fn run(
         };
         match outcome {
             Some(None) => return,
-            Some(Some(class)) => {
-                let failed = !class.is_success();
+            Some(Some(Verdict::None)) => continue,
+            Some(Some(verdict)) => {
+                let failed = !is_success(verdict);
+                refused = verdict == Verdict::Refused;
                 consecutive = if failed { consecutive + 1 } else { 0 };
                 if let Some(w) = window.as_mut() {
                     w.record(failed);
@@ -137,54 +143,82 @@ pub(super) async fn run(
         if !tripped {
             continue;
         }
-        // Open: eject, wait, probe; repeat with longer waits until a probe succeeds.
+        // Open: eject, wait, probe; repeat with longer waits until a probe succeeds. An endpoint
+        // refusing connections is down, not overloaded: it is probed at a short constant interval,
+        // and a success seen meanwhile (panic-mode traffic) restores it at once.
         let mut n = 0u32;
         loop {
             health.eject();
             stats.ejections.fetch_add(1, Ordering::Relaxed);
-            let wait = ejection(&config, n);
-            tracing::debug!(?wait, consecutive, "endpoint ejected");
-            n = n.saturating_add(1);
+            let wait = if refused {
+                jittered(&config, config.refused_backoff)
+            } else {
+                let wait = ejection(&config, n);
+                n = n.saturating_add(1);
+                wait
+            };
+            tracing::debug!(?wait, consecutive, refused, "endpoint ejected");
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
+            let mut restored = false;
             loop {
                 tokio::select! {
                     // The ejection's end first: a steady stream of outcomes (in-flight requests,
                     // panic-mode traffic) must not keep the ejection going past its length.
                     biased;
                     _ = &mut sleep => break,
-                    msg = rx.recv() => if msg.is_none() { return },
+                    msg = rx.recv() => match msg {
+                        None => return,
+                        Some(v) if refused && is_success(v) => {
+                            restored = true;
+                            break;
+                        }
+                        Some(_) => {}
+                    },
                 }
             }
-            // Outcomes still queued belong to the ejection: discard them, so that one of them
-            // does not stand in for the probe's.
-            loop {
-                match rx.try_recv() {
-                    Ok(_) => {}
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => return,
-                }
-            }
-            health.probe();
-            tracing::debug!("endpoint probing");
-            match rx.recv().await {
-                None => return,
-                Some(class) if class.is_success() => {
-                    health.restore();
-                    stats.restorations.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("endpoint restored");
-                    consecutive = 0;
-                    if let Some(w) = window.as_mut() {
-                        w.reset();
+            if !restored {
+                // Outcomes still queued belong to the ejection: discard them, so that one of them
+                // does not stand in for the probe's.
+                loop {
+                    match rx.try_recv() {
+                        Ok(_) => {}
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
-                    break;
                 }
-                Some(_) => {
+                health.probe();
+                tracing::debug!("endpoint probing");
+                let verdict = loop {
+                    match rx.recv().await {
+                        None => return,
+                        // No verdict (the probe was cancelled early, or the mesh answered it):
+                        // hand the probe back so that another request probes.
+                        Some(Verdict::None) => health.cancel_probe(),
+                        Some(v) => break v,
+                    }
+                };
+                if !is_success(verdict) {
                     stats.failed_probes.fetch_add(1, Ordering::Relaxed);
+                    refused = verdict == Verdict::Refused;
+                    continue;
                 }
             }
+            health.restore();
+            stats.restorations.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("endpoint restored");
+            consecutive = 0;
+            refused = false;
+            if let Some(w) = window.as_mut() {
+                w.reset();
+            }
+            break;
         }
     }
+}
+
+fn is_success(verdict: Verdict) -> bool {
+    matches!(verdict, Verdict::Class(c) if c.is_success())
 }
 
 #[cfg(test)]

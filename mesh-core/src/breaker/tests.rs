@@ -371,3 +371,201 @@ async fn success_rate_is_judged_when_the_observation_time_ends_without_new_outco
     assert_eq!(health.state(), HealthState::Ejected);
     assert_eq!(stats.ejections(), 1);
 }
+
+// === every outcome seen, probes never lost, refused endpoints back fast ===
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_request_counts_as_a_failure() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 3,
+        success_rate: None,
+        ..Default::default()
+    });
+    let hung = tower::service_fn(|_req: Request<()>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+    });
+    let svc = layer.layer(hung, health.clone());
+    for _ in 0..3 {
+        let mut req = Request::new(());
+        let timeout = Duration::from_millis(50);
+        req.extensions_mut().insert(crate::retry::AttemptDeadline(
+            tokio::time::Instant::now() + timeout,
+        ));
+        let r = tokio::time::timeout(timeout, svc.clone().oneshot(req)).await;
+        assert!(r.is_err(), "timed out");
+    }
+    settle().await;
+    assert_eq!(
+        health.state(),
+        HealthState::Ejected,
+        "three timeouts trip it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_cancelled_before_its_timeout_is_no_verdict() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 1,
+        success_rate: None,
+        ..Default::default()
+    });
+    let hung = tower::service_fn(|_req: Request<()>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+    });
+    let svc = layer.layer(hung, health.clone());
+    let mut req = Request::new(());
+    req.extensions_mut().insert(crate::retry::AttemptDeadline(
+        tokio::time::Instant::now() + Duration::from_secs(10),
+    ));
+    let r = tokio::time::timeout(Duration::from_millis(50), svc.clone().oneshot(req)).await;
+    assert!(r.is_err());
+    settle().await;
+    assert_eq!(health.state(), HealthState::Available);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_body_is_dropped_before_its_trailers_still_decides() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 1,
+        success_rate: None,
+        ..Default::default()
+    });
+    let status = Arc::new(AtomicU16::new(500));
+    let failing = layer.layer(endpoint(status.clone()), health.clone());
+    // A gRPC endpoint whose body streams and never ends on its own.
+    let grpc = tower::service_fn(|_req: Request<()>| async {
+        let frames =
+            futures_util::stream::pending::<Result<Frame<Bytes>, std::convert::Infallible>>();
+        let mut rsp = Response::new(StreamBody::new(frames));
+        rsp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    // One failure ejects; the same task must then see the probe's verdict, so the probe goes
+    // through a breaker wrapping the same channel: reuse the layer's service for both.
+    let svc = Breaker {
+        inner: grpc,
+        report: failing.report.clone(),
+        classify: failing.classify.clone(),
+        inspect: failing.inspect,
+    };
+    send(&failing, 1).await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(health.state(), HealthState::Probing);
+    assert!(
+        health.try_acquire_probe(),
+        "the balancer hands out the probe"
+    );
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let rsp = svc.clone().oneshot(req).await.unwrap();
+    settle().await;
+    assert_eq!(
+        health.state(),
+        HealthState::Probing,
+        "the head decides nothing"
+    );
+    drop(rsp);
+    settle().await;
+    assert_eq!(
+        health.state(),
+        HealthState::Ejected,
+        "dropping the body ends the stream: no grpc-status, a failed probe"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_answered_by_the_mesh_is_handed_back() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 1,
+        success_rate: None,
+        ..Default::default()
+    });
+    let capped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = capped.clone();
+    let svc = layer.layer(
+        tower::service_fn(move |_req: Request<()>| {
+            let capped = c.load(Ordering::SeqCst);
+            async move {
+                Ok::<_, std::convert::Infallible>(if capped {
+                    crate::error::Error::ConcurrencyCapReached(1).to_response::<Empty<Bytes>>(false)
+                } else {
+                    let mut rsp = Response::new(Empty::new());
+                    *rsp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    rsp
+                })
+            }
+        }),
+        health.clone(),
+    );
+    send(&svc, 1).await;
+    assert_eq!(health.state(), HealthState::Ejected);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    settle().await;
+    capped.store(true, Ordering::SeqCst);
+    assert!(health.try_acquire_probe());
+    send(&svc, 1).await;
+    assert!(
+        health.try_acquire_probe(),
+        "the cap's 503 is no verdict: the probe is handed back for another request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_ejected_for_refused_connections_is_readmitted_within_a_second() {
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig::default());
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let u = up.clone();
+    let svc = layer.layer(
+        tower::service_fn(move |_req: Request<()>| {
+            let up = u.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    Ok(Response::new(Empty::<Bytes>::new()))
+                } else {
+                    Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+                }
+            }
+        }),
+        health.clone(),
+    );
+    // Down for 30 s under steady traffic: requests go wherever the balancer (played here) allows.
+    let drive = |svc: Breaker<_>, health: Health| async move {
+        let may_send = match health.state() {
+            HealthState::Available => true,
+            HealthState::Probing => health.try_acquire_probe(),
+            HealthState::Ejected => false,
+        };
+        if may_send {
+            let _ = svc.oneshot(Request::new(())).await;
+        }
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        drive(svc.clone(), health.clone()).await;
+    }
+    assert_ne!(health.state(), HealthState::Available);
+    up.store(true, Ordering::SeqCst);
+    let back = tokio::time::Instant::now();
+    while health.state() != HealthState::Available {
+        drive(svc.clone(), health.clone()).await;
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "still {:?} {:?} after it accepts again",
+            health.state(),
+            back.elapsed()
+        );
+    }
+}

@@ -333,16 +333,26 @@ pub(crate) fn classify_outcome<RB>(
     }
 }
 
+/// A request extension: when this attempt's per-try timeout expires. Set by the retry layer on
+/// each attempt it times, so that layers below (the circuit breaker) can tell a timed-out attempt,
+/// which is the endpoint's failure, from a cancelled one, which says nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptDeadline(pub tokio::time::Instant);
+
 /// Sends one attempt, with the per-try timeout.
-pub(crate) async fn attempt<S, Req, RB>(
+pub(crate) async fn attempt<S, B, RB>(
     svc: S,
-    req: Req,
+    mut req: Request<B>,
     per_try_timeout: Option<Duration>,
 ) -> Result<Response<RB>, BoxError>
 where
-    S: tower::Service<Req, Response = Response<RB>>,
+    S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
 {
+    if let Some(t) = per_try_timeout {
+        req.extensions_mut()
+            .insert(AttemptDeadline(tokio::time::Instant::now() + t));
+    }
     let fut = svc.oneshot(req);
     match per_try_timeout {
         None => fut.await.map_err(Into::into),
