@@ -228,3 +228,53 @@ async fn an_endpoint_whose_expected_identity_changes_is_dialed_with_the_new_one(
         .expect("update");
     until(&hello, "answers again", |r| matches!(r, Ok(s) if *s == 200)).await;
 }
+
+#[test]
+fn overrides_from_a_plaintext_caller_are_stripped() {
+    use meshwork::core::dtab::{Dtab, InetNamer};
+    use meshwork::core::route::{
+        Backend, OverrideTrust, Route, RouteTable, RouterConfig, Routing, L5D_CTX_DTAB, L5D_DTAB,
+    };
+    let table = RouteTable::new(vec![Route::builder("all")
+        .to(Backend::Host("/svc".parse().expect("prefix")))
+        .build()
+        .expect("route")])
+    .expect("table");
+    let routing = Routing::new(
+        table,
+        Dtab::parse("/svc/world => /$/inet/127.0.0.1/4001").expect("dtab"),
+        InetNamer,
+        RouterConfig {
+            // As a mesh-internal router is configured: trust mesh peers.
+            overrides: OverrideTrust::with_extension::<PeerIdentity>(),
+            override_inet_networks: vec!["127.0.0.0/8".parse().expect("network")],
+            ..Default::default()
+        },
+    )
+    .expect("routing");
+    let request = |peer: PeerIdentity| {
+        let mut req = http::Request::get("http://world/")
+            .body(())
+            .expect("request");
+        req.extensions_mut().insert(peer);
+        req.headers_mut().insert(
+            L5D_DTAB,
+            http::HeaderValue::from_static("/svc/world => /$/inet/127.0.0.1/4002"),
+        );
+        req
+    };
+
+    // What a permissive server puts on a plaintext connection's requests.
+    let mut plaintext = request(PeerIdentity(None));
+    let target = routing.route(&mut plaintext).expect("routed");
+    assert_eq!(target.bound.to_string(), "/$/inet/127.0.0.1/4001");
+    assert!(!target.overridden);
+    assert!(plaintext.headers().get(L5D_DTAB).is_none());
+    assert!(plaintext.headers().get(L5D_CTX_DTAB).is_none());
+
+    // A verified mesh peer's override is honoured.
+    let mut verified = request(PeerIdentity(Some(Identity::parse(HELLO).expect("id"))));
+    let target = routing.route(&mut verified).expect("routed");
+    assert_eq!(target.bound.to_string(), "/$/inet/127.0.0.1/4002");
+    assert!(target.overridden);
+}

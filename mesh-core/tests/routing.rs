@@ -326,6 +326,12 @@ async fn override_header_from_an_untrusted_source_is_ignored_and_stripped() {
 #[derive(Clone)]
 struct MeshPeer;
 
+impl mesh_core::route::AuthenticatedPeer for MeshPeer {
+    fn verified_identity(&self) -> Option<&str> {
+        Some("spiffe://test.mesh/ns/default/sa/hello")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_are_honoured_from_mesh_peers_only() {
     let mesh = start_mesh().await;

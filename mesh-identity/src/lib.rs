@@ -30,6 +30,16 @@
 //!
 //! [SPIFFE ID]: https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md
 
+/// A request extension that says who the peer of the connection is, as far as it was verified.
+///
+/// Layers that must trust only *authenticated* callers (per-request routing overrides, for one)
+/// ask this rather than whether an extension is present: a plaintext connection in permissive
+/// mode carries a peer extension too, saying "nobody". `mesh_tls::PeerIdentity` implements it.
+pub trait AuthenticatedPeer {
+    /// The peer's verified SPIFFE ID, or `None` if the peer did not authenticate.
+    fn verified_identity(&self) -> Option<&str>;
+}
+
 /// Maximum length of a SPIFFE ID in bytes (SPIFFE-ID spec, section 2.3).
 pub const MAX_IDENTITY_LEN: usize = 2048;
 /// Maximum length of a trust domain name in bytes (SPIFFE-ID spec, section 2.1).

@@ -208,6 +208,12 @@ impl PeerIdentity {
     }
 }
 
+impl mesh_identity::AuthenticatedPeer for PeerIdentity {
+    fn verified_identity(&self) -> Option<&str> {
+        self.0.as_ref().map(Identity::as_str)
+    }
+}
+
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

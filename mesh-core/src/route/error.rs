@@ -91,6 +91,14 @@ pub enum RouteError {
         /// `l5d-dtab` or `l5d-ctx-dtab`.
         header: &'static str,
     },
+    /// A trusted override has a rule leading into `/$/inet` outside the networks
+    /// [`RouterConfig::override_inet_networks`](super::RouterConfig::override_inet_networks)
+    /// allows.
+    #[error("override rule leads to {target}, outside the networks overrides may bind to")]
+    OverrideTargetDenied {
+        /// The rule's destination.
+        target: Path,
+    },
     /// Delegation of the logical name stopped (depth or step limit).
     #[error("cannot resolve {name}: {source}")]
     Delegation {
@@ -112,7 +120,7 @@ pub enum RouteError {
 
 impl RouteError {
     /// The HTTP status a proxy should answer with: 404 no route, 400 bad request data (override
-    /// headers, missing host), 503 nothing to send to (no binding, no endpoints), 502 delegation
+    /// headers, missing host), 403 an override aimed at an address it may not bind, 503 nothing to send to (no binding, no endpoints), 502 delegation
     /// failed (`!`, loops), 500 configuration errors.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -120,6 +128,7 @@ impl RouteError {
             RouteError::NoHost { .. }
             | RouteError::InvalidOverride { .. }
             | RouteError::OverrideNotText { .. } => StatusCode::BAD_REQUEST,
+            RouteError::OverrideTargetDenied { .. } => StatusCode::FORBIDDEN,
             RouteError::Unusable {
                 reason: Unusable::Fail,
                 ..

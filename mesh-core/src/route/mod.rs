@@ -26,10 +26,13 @@
 //! `l5d-dtab` rules that are appended for that request only, and `l5d-ctx-dtab` with the rules its
 //! upstream applied; as in Linkerd 1 the effective overrides are `l5d-ctx-dtab` followed by
 //! `l5d-dtab`, and they are forwarded as `l5d-ctx-dtab` so the whole call graph honours them.
-//! Overrides are honoured only when [`OverrideTrust`] allows it (default `Never`; the facade uses
-//! `with_extension::<PeerIdentity>()` inside the mesh); otherwise both headers are stripped. A
+//! Overrides are honoured only when [`OverrideTrust`] allows it (default `Never`; inside the mesh,
+//! `with_extension::<PeerIdentity>()` trusts callers whose mTLS identity was *verified* — a
+//! plaintext caller of a permissive server is not trusted); otherwise both headers are stripped. A
 //! malformed trusted header is answered with 400 and an `l5d-err` header such as
-//! `invalid l5d-dtab at byte 12: expected '=>', found '/'`.
+//! `invalid l5d-dtab at byte 12: expected '=>', found '/'`. Even a trusted override may bind
+//! directly to `/$/inet/IP/PORT` only inside [`RouterConfig::override_inet_networks`] (default: no
+//! network) or where the base dtab already leads; otherwise the request gets 403.
 //!
 //! # Cost on the request path
 //!
@@ -85,8 +88,8 @@ pub use policy::{
     RoutePolicy, RouteRetry,
 };
 pub use router::{
-    BoxError, NewLeafService, OverrideTrust, ResponseFuture, RouteTarget, Router, RouterConfig,
-    RouterLayer, Routing, L5D_CTX_DTAB, L5D_DTAB, L5D_ERR,
+    AuthenticatedPeer, BoxError, IpNetwork, NewLeafService, OverrideTrust, ResponseFuture,
+    RouteTarget, Router, RouterConfig, RouterLayer, Routing, L5D_CTX_DTAB, L5D_DTAB, L5D_ERR,
 };
 pub use split::{SplitSequence, WeightedSplit};
 pub use table::{

@@ -19,6 +19,7 @@ use super::split::SplitSequence;
 use super::table::{host_key, request_host, Backend, RouteInfo, RouteTable};
 use super::{RouteError, RoutePolicy};
 use crate::dtab::{bind, explain, pick, BoundName, DelegateLimits, Dtab, Explanation, Namer, Path};
+pub use mesh_identity::AuthenticatedPeer;
 
 /// Request header whose dtab is appended for this request only (Linkerd 1).
 pub const L5D_DTAB: HeaderName = HeaderName::from_static("l5d-dtab");
@@ -47,11 +48,19 @@ pub enum OverrideTrust {
 }
 
 impl OverrideTrust {
-    /// Trust requests that carry an extension of type `T`, e.g. the verified peer identity that
-    /// the mTLS server layer inserts (`OverrideTrust::with_extension::<mesh_tls::PeerIdentity>()`):
-    /// overrides honoured from mesh peers only.
-    pub fn with_extension<T: Send + Sync + 'static>() -> Self {
-        OverrideTrust::Custom(Arc::new(|_, ext| ext.get::<T>().is_some()))
+    /// Trust requests whose peer extension `T` carries a *verified* identity, e.g. the peer
+    /// identity the mTLS server layer inserts
+    /// (`OverrideTrust::with_extension::<mesh_tls::PeerIdentity>()`): overrides honoured from
+    /// authenticated mesh peers only.
+    ///
+    /// The extension being present is not enough: in permissive mode a plaintext connection
+    /// carries a peer extension that says "unauthenticated" (`PeerIdentity(None)`), and such a
+    /// caller must not be able to route requests anywhere with an `l5d-dtab` header.
+    pub fn with_extension<T: AuthenticatedPeer + Send + Sync + 'static>() -> Self {
+        OverrideTrust::Custom(Arc::new(|_, ext| {
+            ext.get::<T>()
+                .is_some_and(|peer| peer.verified_identity().is_some())
+        }))
     }
 
     /// Trust requests for which `f` returns true.
@@ -85,6 +94,12 @@ impl fmt::Debug for OverrideTrust {
 pub struct RouterConfig {
     /// Who may override the dtab per request (default [`OverrideTrust::Never`]).
     pub overrides: OverrideTrust,
+    /// The networks a per-request override may bind to directly through `/$/inet/IP/PORT`
+    /// (default none). An override rule that leads into `/$/inet` outside these networks is
+    /// refused ([`RouteError::OverrideTargetDenied`], 403): even a trusted caller's header must
+    /// not turn the mesh into an open proxy to any address. Overrides between names the dtab
+    /// defines (`/svc/x => /srv/x-v2`) are unaffected.
+    pub override_inet_networks: Vec<IpNetwork>,
     /// Delegation limits (default depth 100, as Finagle).
     pub limits: DelegateLimits,
     /// Most hosts cached per host-named backend (default 4096); beyond that, delegation runs per
@@ -101,6 +116,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             overrides: OverrideTrust::Never,
+            override_inet_networks: Vec::new(),
             limits: DelegateLimits::default(),
             max_cached_names: 4096,
             max_leaf_services: 4096,
@@ -336,6 +352,27 @@ impl Routing {
         })
     }
 
+    /// Refuses override rules that lead into `/$/inet` outside the allowed networks: a rule whose
+    /// destination is `/$/inet/IP/PORT` (or `/$/inet/IP`) with IP outside
+    /// [`RouterConfig::override_inet_networks`], or `/$/inet`, `/$` or `/` themselves (which
+    /// would let the rest of the name pick any address). Rules that lead to names the base dtab
+    /// defines are not affected, even when those names bind to addresses.
+    fn check_override_targets(&self, over: &Dtab) -> Result<(), RouteError> {
+        let networks = &self.shared.config.override_inet_networks;
+        for dentry in over.entries() {
+            let mut denied = None;
+            dentry.dst.for_each_leaf(&mut |dst: &Path| {
+                if denied.is_none() && !inet_allowed(dst, networks) {
+                    denied = Some(dst.clone());
+                }
+            });
+            if let Some(target) = denied {
+                return Err(RouteError::OverrideTargetDenied { target });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads, checks and rewrites the override headers. Returns the effective overrides, if any.
     fn take_overrides<B>(&self, req: &mut Request<B>) -> Result<Option<Dtab>, RouteError> {
         let has_ctx = req.headers().contains_key(&L5D_CTX_DTAB);
@@ -365,6 +402,7 @@ impl Routing {
                 over = over.concat(&d);
             }
         }
+        self.check_override_targets(&over)?;
         if has_dtab {
             req.headers_mut().remove(&L5D_DTAB);
             if over.is_empty() {
@@ -379,6 +417,87 @@ impl Routing {
             }
         }
         Ok((!over.is_empty()).then_some(over))
+    }
+}
+
+/// Whether an override rule may lead to `dst`: anything outside `/$/inet`, or an address of
+/// `/$/inet/IP[/PORT...]` inside `networks`.
+fn inet_allowed(dst: &Path, networks: &[IpNetwork]) -> bool {
+    let segs = dst.segments();
+    match segs {
+        [] => false,
+        [dollar] if &**dollar == "$" => false,
+        [dollar, inet, rest @ ..] if &**dollar == "$" && &**inet == "inet" => match rest.first() {
+            Some(ip) => ip
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| networks.iter().any(|n| n.contains(ip))),
+            None => false,
+        },
+        _ => true,
+    }
+}
+
+/// An IP network, `10.0.0.0/8` or `fd00::/8`: an allow-list entry of
+/// [`RouterConfig::override_inet_networks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNetwork {
+    addr: std::net::IpAddr,
+    prefix_len: u8,
+}
+
+impl IpNetwork {
+    /// The network of `addr` with `prefix_len` leading bits (at most 32 for IPv4, 128 for IPv6).
+    pub fn new(addr: std::net::IpAddr, prefix_len: u8) -> Result<Self, RouteError> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix_len > max {
+            return Err(RouteError::InvalidConfig {
+                what: format!("network {addr}/{prefix_len}: the prefix length is above {max}"),
+            });
+        }
+        Ok(Self { addr, prefix_len })
+    }
+
+    /// Whether `ip` lies in this network (an IPv4 address never lies in an IPv6 network).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let (a, b, bits) = match (self.addr, ip) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32)
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                (u128::from(a), u128::from(b), 128)
+            }
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix_len);
+        a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0)
+    }
+}
+
+impl std::str::FromStr for IpNetwork {
+    type Err = RouteError;
+
+    /// Parses `ADDR/LEN`, or a bare address as a single-host network.
+    fn from_str(s: &str) -> Result<Self, RouteError> {
+        let bad = || RouteError::InvalidConfig {
+            what: format!("invalid network {s:?}: expected ADDR/PREFIX_LEN, e.g. 10.0.0.0/8"),
+        };
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let len = match len {
+            Some(len) => len.parse().map_err(|_| bad())?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        Self::new(addr, len)
+    }
+}
+
+impl fmt::Display for IpNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
     }
 }
 

@@ -269,6 +269,11 @@ fn cached_delegation_follows_namer_generation_and_dtab_changes() {
 fn overrides_apply_only_when_trusted_and_travel_as_ctx() {
     #[derive(Clone)]
     struct Peer;
+    impl AuthenticatedPeer for Peer {
+        fn verified_identity(&self) -> Option<&str> {
+            Some("spiffe://td/ns/a/sa/b")
+        }
+    }
     let namer = Arc::new(SwitchNamer::default());
     namer.set("v1", true);
     namer.set("v2", true);
@@ -330,6 +335,128 @@ fn overrides_apply_only_when_trusted_and_travel_as_ctx() {
         e.l5d_err(),
         "invalid l5d-dtab at byte 11: expected '=>', found '/'"
     );
+}
+
+/// A peer extension as a permissive server sets it: present, with or without a verified identity.
+#[derive(Clone)]
+struct MaybePeer(Option<&'static str>);
+
+impl AuthenticatedPeer for MaybePeer {
+    fn verified_identity(&self) -> Option<&str> {
+        self.0
+    }
+}
+
+#[test]
+fn overrides_from_an_unauthenticated_peer_are_stripped() {
+    let namer = Arc::new(SwitchNamer::default());
+    namer.set("v1", true);
+    namer.set("v2", true);
+    let r = routing(
+        "/svc/world => /#/sw/v1",
+        namer,
+        OverrideTrust::with_extension::<MaybePeer>(),
+    );
+    let over = "/svc/world => /#/sw/v2";
+
+    // A plaintext caller: the peer extension is there, but says "nobody".
+    let mut q = req("http://world/");
+    q.extensions_mut().insert(MaybePeer(None));
+    q.headers_mut().insert(L5D_DTAB, over.parse().unwrap());
+    q.headers_mut().insert(L5D_CTX_DTAB, over.parse().unwrap());
+    let t = r.route(&mut q).unwrap();
+    assert_eq!(t.bound.to_string(), "/#/sw/v1");
+    assert!(!t.overridden);
+    assert!(q.headers().get(L5D_DTAB).is_none());
+    assert!(q.headers().get(L5D_CTX_DTAB).is_none());
+
+    // A verified caller: honoured.
+    let mut q = req("http://world/");
+    q.extensions_mut()
+        .insert(MaybePeer(Some("spiffe://td/ns/a/sa/b")));
+    q.headers_mut().insert(L5D_DTAB, over.parse().unwrap());
+    assert_eq!(r.route(&mut q).unwrap().bound.to_string(), "/#/sw/v2");
+}
+
+#[test]
+fn overrides_bind_to_inet_addresses_only_inside_allowed_networks() {
+    let namer = Arc::new(SwitchNamer::default());
+    namer.set("v1", true);
+    let table = || {
+        RouteTable::new(vec![Route::builder("all")
+            .to(Backend::Host("/svc".parse().unwrap()))
+            .build()
+            .unwrap()])
+        .unwrap()
+    };
+    let dtab = "/svc/world => /#/sw/v1; /svc/known => /$/inet/127.0.0.1/4000";
+    let make = |networks: Vec<IpNetwork>| {
+        Routing::new(
+            table(),
+            Dtab::parse(dtab).unwrap(),
+            namer.clone(),
+            RouterConfig {
+                overrides: OverrideTrust::Always,
+                override_inet_networks: networks,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let route = |r: &Routing, host: &str, over: &str| {
+        let mut q = req(&format!("http://{host}/"));
+        q.headers_mut().insert(L5D_DTAB, over.parse().unwrap());
+        r.route(&mut q).map(|t| t.bound.to_string())
+    };
+
+    // Off by default: any address an override names directly is refused with 403.
+    let r = make(Vec::new());
+    let e = route(&r, "world", "/svc/world => /$/inet/169.254.169.254/80").unwrap_err();
+    assert!(matches!(e, RouteError::OverrideTargetDenied { .. }), "{e}");
+    assert_eq!(e.status(), http::StatusCode::FORBIDDEN);
+    assert!(e.to_string().contains("/$/inet/169.254.169.254/80"), "{e}");
+    // Indirectly too (a prefix rule that leads into /$/inet).
+    let e = route(&r, "world", "/p => /$/inet/10.1.2.3; /svc/world => /p/80").unwrap_err();
+    assert!(matches!(e, RouteError::OverrideTargetDenied { .. }), "{e}");
+    let e = route(&r, "world", "/p => /$; /svc/world => /p/inet/10.1.2.3/80").unwrap_err();
+    assert!(matches!(e, RouteError::OverrideTargetDenied { .. }), "{e}");
+    // Overrides to names the base dtab defines are unaffected, even when they bind addresses.
+    assert_eq!(
+        route(&r, "world", "/svc/world => /svc/known").unwrap(),
+        "/$/inet/127.0.0.1/4000"
+    );
+
+    // Allow-listed networks may be bound.
+    let r = make(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "fd00::/8".parse().unwrap(),
+    ]);
+    assert_eq!(
+        route(&r, "world", "/svc/world => /$/inet/10.1.2.3/80").unwrap(),
+        "/$/inet/10.1.2.3/80"
+    );
+    assert!(route(&r, "world", "/svc/world => /$/inet/11.1.2.3/80").is_err());
+    assert_eq!(
+        route(&r, "world", "/svc/world => /$/inet/fd00::1/80").unwrap(),
+        "/$/inet/fd00::1/80"
+    );
+}
+
+#[test]
+fn ip_networks_parse_and_match() {
+    let net: IpNetwork = "10.0.0.0/8".parse().unwrap();
+    assert!(net.contains("10.255.0.1".parse().unwrap()));
+    assert!(!net.contains("11.0.0.1".parse().unwrap()));
+    assert!(!net.contains("::ffff:10.0.0.1".parse().unwrap()));
+    let all: IpNetwork = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains("1.2.3.4".parse().unwrap()));
+    let host: IpNetwork = "127.0.0.1".parse().unwrap();
+    assert_eq!(host.to_string(), "127.0.0.1/32");
+    assert!(host.contains("127.0.0.1".parse().unwrap()));
+    assert!(!host.contains("127.0.0.2".parse().unwrap()));
+    for bad in ["10.0.0.0/33", "x/8", "10.0.0.0/", "::/129"] {
+        assert!(bad.parse::<IpNetwork>().is_err(), "{bad}");
+    }
 }
 
 #[test]
