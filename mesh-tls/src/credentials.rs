@@ -18,6 +18,14 @@
 //!   (extended key usages serverAuth and clientAuth, as SPIRE issues X509-SVIDs), since every
 //!   workload both dials and accepts.
 //!
+//! # Trust domains and federation
+//! The trust bundle verifies peers of the workload's **own** trust domain (the trust domain of its
+//! certificate's SPIFFE ID) and nothing else. Peers of another trust domain are verified only
+//! against that domain's bundle, added with [`Credentials::federate`] (SPIFFE federation): a CA
+//! of `partner.org` cannot vouch for a `spiffe://example.org/...` identity, and a peer of a trust
+//! domain without a bundle is refused. A union of every CA would let any federated CA mint
+//! identities of every trust domain.
+//!
 //! # Watching
 //! [`Credentials::watch`] spawns a task that polls the three files every
 //! [`WatchConfig::poll_interval`] (default 1 s: workload certificates live for hours, so a second
@@ -91,6 +99,8 @@ pub struct Credentials {
 
 struct Shared {
     current: ArcSwap<Snapshot>,
+    /// Bundles of other trust domains, shared with every snapshot's client-certificate verifier.
+    federation: Arc<ArcSwap<Federation>>,
     generation: watch::Sender<u64>,
     last_error: ArcSwapOption<TlsError>,
     /// Serialises installs so generations stay in order; never taken on the handshake path.
@@ -102,7 +112,8 @@ struct Shared {
 pub struct Snapshot {
     identity: Identity,
     certified_key: Arc<CertifiedKey>,
-    roots: Arc<RootCertStore>,
+    /// The own trust domain's bundle.
+    local: TrustStore,
     server_config: Arc<rustls::ServerConfig>,
     serial: Vec<u8>,
     not_after: SystemTime,
@@ -114,6 +125,53 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct CredentialWatcher {
     task: JoinHandle<()>,
+}
+
+/// The CA certificates of one trust domain, and the client-certificate verifier built over them.
+#[derive(Clone)]
+pub(crate) struct TrustStore {
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) client: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+/// The bundles of other trust domains, by trust domain.
+#[derive(Clone, Default)]
+pub(crate) struct Federation(pub(crate) std::collections::BTreeMap<String, TrustStore>);
+
+impl TrustStore {
+    fn from_pem(
+        bundle: &[u8],
+        path: &Path,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let certs = parse_certs(bundle, path, "trust bundle")?;
+        let mut roots = RootCertStore::empty();
+        for (index, cert) in certs.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|source| TlsError::InvalidTrustAnchor {
+                    path: path.to_owned(),
+                    index,
+                    source: Box::new(source),
+                })?;
+        }
+        let roots = Arc::new(roots);
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config {
+                what: "client certificate verifier",
+                source: Box::new(e),
+            })?;
+        Ok(TrustStore { roots, client })
+    }
+}
+
+impl fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("roots", &self.roots.len())
+            .finish()
+    }
 }
 
 /// The raw bytes of one set of files.
@@ -233,16 +291,62 @@ impl Credentials {
 
     fn from_sources(src: Sources<'_>, paths: &CredentialPaths) -> Result<Self, TlsError> {
         let provider = crypto_provider();
-        let snapshot = Snapshot::build(&src, paths, &provider, 0)?;
+        let federation = Arc::new(ArcSwap::from_pointee(Federation::default()));
+        let snapshot = Snapshot::build(&src, paths, &provider, &federation, 0)?;
         Ok(Credentials {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(snapshot),
+                federation,
                 generation: watch::channel(0).0,
                 last_error: ArcSwapOption::empty(),
                 install: Mutex::new(()),
                 provider,
             }),
         })
+    }
+
+    /// Trusts `bundle_pem` (PEM CA certificates) for peers of `trust_domain`, and for no other
+    /// trust domain (SPIFFE federation; see [the module docs](self)). Replaces that domain's
+    /// previous bundle; new handshakes use it at once, on both sides. The workload's own trust
+    /// domain cannot be federated: its bundle comes with the credentials.
+    pub fn federate(&self, trust_domain: &str, bundle_pem: &str) -> Result<(), TlsError> {
+        mesh_identity::validate_trust_domain(trust_domain).map_err(|e| {
+            TlsError::InvalidTrustDomain {
+                input: trust_domain.to_owned(),
+                offset: e.offset,
+                reason: e.reason,
+            }
+        })?;
+        if trust_domain == self.identity().trust_domain() {
+            return Err(TlsError::InvalidConfig {
+                field: "trust_domain",
+                value: trust_domain.to_owned(),
+                reason: "is this workload's own trust domain; its bundle is the credentials' trust bundle",
+            });
+        }
+        let path = PathBuf::from(format!("<federated bundle of {trust_domain}>"));
+        let store = TrustStore::from_pem(bundle_pem.as_bytes(), &path, &self.shared.provider)?;
+        let _guard = self
+            .shared
+            .install
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut federation = Federation::clone(&self.shared.federation.load());
+        federation.0.insert(trust_domain.to_owned(), store);
+        self.shared.federation.store(Arc::new(federation));
+        Ok(())
+    }
+
+    /// The bundle that verifies peers of `trust_domain`: the own one, a federated one, or none.
+    pub(crate) fn trust_store_for(
+        &self,
+        snapshot: &Snapshot,
+        trust_domain: &str,
+    ) -> Option<TrustStore> {
+        if trust_domain == snapshot.identity.trust_domain() {
+            return Some(snapshot.local.clone());
+        }
+        self.shared.federation.load().0.get(trust_domain).cloned()
     }
 
     /// The credentials new handshakes use.
@@ -365,7 +469,13 @@ impl Credentials {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let generation = self.shared.current.load().generation + 1;
-        let snapshot = Snapshot::build(&src, paths, &self.shared.provider, generation)?;
+        let snapshot = Snapshot::build(
+            &src,
+            paths,
+            &self.shared.provider,
+            &self.shared.federation,
+            generation,
+        )?;
         self.shared.current.store(Arc::new(snapshot));
         self.shared.last_error.store(None);
         self.shared.generation.send_replace(generation);
@@ -394,24 +504,14 @@ impl Snapshot {
         src: &Sources<'_>,
         paths: &CredentialPaths,
         provider: &Arc<CryptoProvider>,
+        federation: &Arc<ArcSwap<Federation>>,
         generation: u64,
     ) -> Result<Self, TlsError> {
         let chain = parse_certs(src.chain, &paths.chain, "certificate chain")?;
         let key = PrivateKeyDer::from_pem_slice(src.key)
             .map_err(|e| pem_error(e, &paths.key, "private key"))?;
-        let bundle = parse_certs(src.bundle, &paths.trust_bundle, "trust bundle")?;
-
-        let mut roots = RootCertStore::empty();
-        for (index, cert) in bundle.into_iter().enumerate() {
-            roots
-                .add(cert)
-                .map_err(|source| TlsError::InvalidTrustAnchor {
-                    path: paths.trust_bundle.clone(),
-                    index,
-                    source: Box::new(source),
-                })?;
-        }
-        let roots = Arc::new(roots);
+        let local = TrustStore::from_pem(src.bundle, &paths.trust_bundle, provider)?;
+        let roots = local.roots.clone();
 
         let certified_key = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
@@ -478,16 +578,15 @@ impl Snapshot {
             provider.signature_verification_algorithms.all,
         )
         .map_err(|e| untrusted("as a server", e))?;
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config {
-                    what: "client certificate verifier",
-                    source: Box::new(e),
-                })?;
-        client_verifier
+        local
+            .client
             .verify_client_cert(leaf, intermediates, now)
             .map_err(|e| untrusted("as a client", e))?;
+        let client_verifier = Arc::new(crate::verify::SpiffeClientVerifier {
+            local_trust_domain: identity.trust_domain().to_owned(),
+            local: local.clone(),
+            federation: federation.clone(),
+        });
 
         let certified_key = Arc::new(certified_key);
         let mut server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -507,7 +606,7 @@ impl Snapshot {
         Ok(Snapshot {
             identity,
             certified_key,
-            roots,
+            local,
             server_config: Arc::new(server_config),
             serial,
             not_after,
@@ -543,10 +642,6 @@ impl Snapshot {
 
     pub(crate) fn certified_key(&self) -> &Arc<CertifiedKey> {
         &self.certified_key
-    }
-
-    pub(crate) fn roots(&self) -> &RootCertStore {
-        &self.roots
     }
 
     pub(crate) fn server_config(&self) -> &Arc<rustls::ServerConfig> {

@@ -27,6 +27,14 @@ pub enum TlsError {
         reason: &'static str,
     },
 
+    /// A peer's identity belongs to a trust domain this workload has no bundle for (neither its
+    /// own nor one added with [`Credentials::federate`](crate::Credentials::federate)).
+    #[error("no trust bundle for trust domain {trust_domain:?} (neither this workload's own nor a federated one)")]
+    UnknownTrustDomain {
+        /// The peer's trust domain.
+        trust_domain: String,
+    },
+
     /// A trust domain name (as given to an authorization rule) is not valid.
     #[error("invalid trust domain {input:?} at byte {offset}: {reason}")]
     InvalidTrustDomain {

@@ -1,17 +1,23 @@
-//! The client's check of a server certificate: the chain against the current trust bundle, then
-//! the SPIFFE ID against the identity the endpoint is expected to have.
+//! The checks of a peer's certificate, on both sides: the chain against the bundle of the peer's
+//! own trust domain (never the union of every bundle: SPIFFE federation), and on the client the
+//! SPIFFE ID against the identity the endpoint is expected to have.
 
+use std::fmt;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, ResolvesClientCert};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
+use rustls::DistinguishedName;
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, Federation, TrustStore};
 use crate::error::TlsError;
 use crate::identity::Identity;
 
@@ -35,9 +41,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let snapshot = self.credentials.current();
         let cert = ParsedCertificate::try_from(end_entity)?;
+        // Only the expected identity's trust domain may vouch for the server.
+        let trust_domain = self.expected.trust_domain();
+        let Some(store) = self.credentials.trust_store_for(&snapshot, trust_domain) else {
+            return Err(other(TlsError::UnknownTrustDomain {
+                trust_domain: trust_domain.to_owned(),
+            }));
+        };
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            snapshot.roots(),
+            &store.roots,
             intermediates,
             now,
             self.credentials
@@ -98,6 +111,84 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
+/// Verifies a client's chain against the bundle of the trust domain its SPIFFE ID names: the own
+/// bundle for the own trust domain, a federated one otherwise, and refuses a trust domain without
+/// a bundle.
+pub(crate) struct SpiffeClientVerifier {
+    pub(crate) local_trust_domain: String,
+    pub(crate) local: TrustStore,
+    pub(crate) federation: Arc<ArcSwap<Federation>>,
+}
+
+impl fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .field("local_trust_domain", &self.local_trust_domain)
+            .field(
+                "federated",
+                &self.federation.load().0.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; the own bundle's subjects are the usual answer.
+        self.local.client.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // The ID is read before the chain is verified only to choose the bundle that must
+        // verify it; nothing trusts it until that bundle has.
+        let claimed =
+            Identity::from_certificate(end_entity, "client certificate").map_err(other)?;
+        let trust_domain = claimed.trust_domain();
+        if trust_domain == self.local_trust_domain {
+            return self
+                .local
+                .client
+                .verify_client_cert(end_entity, intermediates, now);
+        }
+        let federation = self.federation.load();
+        match federation.0.get(trust_domain) {
+            Some(store) => store
+                .client
+                .verify_client_cert(end_entity, intermediates, now),
+            None => Err(other(TlsError::UnknownTrustDomain {
+                trust_domain: trust_domain.to_owned(),
+            })),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.local.client.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.local.client.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.local.client.supported_verify_schemes()
+    }
+}
+
 /// Presents the current certificate of [`Credentials`] as the client certificate, so a rotation
 /// applies to the next handshake of every connector without rebuilding their configs.
 #[derive(Debug)]
@@ -139,6 +230,9 @@ pub(crate) fn take_verifier_error(err: &std::io::Error) -> Option<TlsError> {
         TlsError::MultipleIdentities { location, count } => Some(TlsError::MultipleIdentities {
             location: location.clone(),
             count: *count,
+        }),
+        TlsError::UnknownTrustDomain { trust_domain } => Some(TlsError::UnknownTrustDomain {
+            trust_domain: trust_domain.clone(),
         }),
         _ => None,
     }

@@ -5,6 +5,7 @@
 
 mod authz;
 mod credentials;
+mod federation;
 mod handshake;
 mod interop;
 mod permissive;
