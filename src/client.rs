@@ -526,9 +526,11 @@ impl ClientBuilder {
             layer: "retry budget",
             reason: e.to_string(),
         })?;
-        let mut breaker_layer = self
-            .breaker
-            .map(|config| Breaker::layer(config).classify(classify.clone()));
+        let mut breaker_layer = self.breaker.map(|config| {
+            Breaker::layer(config)
+                .classify(classify.clone())
+                .error_inspector(crate::connect::endpoint_error_kind)
+        });
         let breaker_stats = breaker_layer
             .as_ref()
             .map_or_else(BreakerStats::default, BreakerLayer::stats);
@@ -609,6 +611,7 @@ impl ClientBuilder {
             None => below_hedge,
         };
         let retry_layer = Retry::layer(self.retry.unwrap_or_default(), budget)
+            .error_inspector(crate::connect::endpoint_error_kind)
             .classify(classify)
             .latency(latency);
         let retry_stats = retry_layer.stats();

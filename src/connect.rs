@@ -250,6 +250,27 @@ pub struct EndpointClient {
     default: Protocol,
 }
 
+/// The [`ErrorInspector`](mesh_core::classify::ErrorInspector) of meshwork's clients: any
+/// failure to connect to an endpoint ([`ConnectError`]: refused, timed out, TLS handshake), or
+/// hyper-util's connect errors, is [`ErrorKind::Connect`](mesh_core::classify::ErrorKind) — the
+/// request never reached the endpoint, so it is safe to retry whatever its method; anything else
+/// is as [`default_error_kind`](mesh_core::classify::default_error_kind) says.
+pub fn endpoint_error_kind(
+    error: &(dyn std::error::Error + 'static),
+) -> mesh_core::classify::ErrorKind {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<ConnectError>()
+            || e.downcast_ref::<legacy::Error>()
+                .is_some_and(legacy::Error::is_connect)
+        {
+            return mesh_core::classify::ErrorKind::Connect;
+        }
+        next = e.source();
+    }
+    mesh_core::classify::default_error_kind(error)
+}
+
 // === impl EndpointClient ===
 
 impl EndpointClient {
@@ -379,5 +400,24 @@ impl hyper::rt::Write for EndpointIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         delegate!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::classify::ErrorKind;
+
+    #[test]
+    fn a_connect_timeout_is_a_connect_error() {
+        let timeout = ConnectError::Timeout {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            timeout: Duration::from_millis(100),
+        };
+        assert_eq!(endpoint_error_kind(&timeout), ErrorKind::Connect);
+        let boxed: crate::body::BoxError = Box::new(timeout);
+        assert_eq!(endpoint_error_kind(&*boxed), ErrorKind::Connect);
+        let other = std::io::Error::other("reset after the request was sent");
+        assert_eq!(endpoint_error_kind(&other), ErrorKind::Other);
     }
 }

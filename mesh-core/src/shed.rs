@@ -54,7 +54,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::util::Oneshot;
 use tower::{BoxError, ServiceExt};
 
 use crate::error::{is_grpc, Error};
@@ -138,9 +137,12 @@ struct ShedShared {
 }
 
 /// The bounded queue in front of the balancer (see the [module docs](self)).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Shed<S> {
     inner: S,
+    /// Whether `inner` has been polled ready and not called since: the fast path calls it in
+    /// place, so the inner service (the balancer) is not cloned per request.
+    inner_ready: bool,
     shared: Arc<ShedShared>,
 }
 
@@ -167,6 +169,7 @@ impl<S> tower::Layer<S> for ShedLayer {
         let permits = self.config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Shed {
             inner,
+            inner_ready: false,
             shared: Arc::new(ShedShared {
                 config: self.config,
                 pending: AtomicUsize::new(0),
@@ -178,6 +181,17 @@ impl<S> tower::Layer<S> for ShedLayer {
 }
 
 // === impl Shed ===
+
+impl<S: Clone> Clone for Shed<S> {
+    fn clone(&self) -> Self {
+        Shed {
+            inner: self.inner.clone(),
+            // The clone's inner service has not been polled ready.
+            inner_ready: false,
+            shared: self.shared.clone(),
+        }
+    }
+}
 
 impl Shed<()> {
     /// The layer.
@@ -210,20 +224,31 @@ where
     type Error = BoxError;
     type Future = ShedFuture<S, Request<ReqB>, ResB>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Always ready: waiting happens in the bounded queue, inside the response future.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Always ready: waiting happens in the bounded queue, inside the response future. The
+        // inner service is polled here so that, when it is ready, `call` can use it in place.
+        if !self.inner_ready {
+            match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => self.inner_ready = true,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {}
+            }
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // Fast path, no allocation: a slot is free now. (Free permits exist only while nobody
-        // waits — tokio's semaphore hands released permits to waiters first — so this never
-        // overtakes the queue.)
-        if let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() {
-            return ShedFuture::Dispatched {
-                inner: self.inner.clone().oneshot(req),
-                permit: Some(permit),
-            };
+        // Fast path, no allocation and no clone of the inner service: it is ready and a slot is
+        // free now. (Free permits exist only while nobody waits — tokio's semaphore hands
+        // released permits to waiters first — so this never overtakes the queue.)
+        if self.inner_ready {
+            if let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() {
+                self.inner_ready = false;
+                return ShedFuture::Dispatched {
+                    inner: self.inner.call(req),
+                    permit: Some(permit),
+                };
+            }
         }
         let shared = self.shared.clone();
         let max = shared.config.max_pending;
@@ -263,7 +288,7 @@ pin_project! {
         S: tower::Service<Req>,
     {
         /// A slot was free: dispatched at once (no allocation).
-        Dispatched { #[pin] inner: Oneshot<S, Req>, permit: Option<OwnedSemaphorePermit> },
+        Dispatched { #[pin] inner: S::Future, permit: Option<OwnedSemaphorePermit> },
         /// Waiting in the bounded queue.
         Queued { fut: BoxFuture<'static, Result<Response<B>, BoxError>> },
         /// The queue was full.
@@ -571,5 +596,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("max_in_flight must be at least 1"));
+    }
+
+    /// A service that counts its clones.
+    #[derive(Debug)]
+    struct CountsClones(Arc<AtomicUsize>);
+
+    impl Clone for CountsClones {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            CountsClones(self.0.clone())
+        }
+    }
+
+    impl tower::Service<Request<()>> for CountsClones {
+        type Response = Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Response<String>, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            std::future::ready(Ok(Response::new("ok".to_owned())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_free_slot_dispatches_without_cloning_the_inner_service() {
+        use tower::{Service, ServiceExt};
+        let clones = Arc::new(AtomicUsize::new(0));
+        let mut svc = Shed::layer(ShedConfig::default()).layer(CountsClones(clones.clone()));
+        for _ in 0..100 {
+            let rsp = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .unwrap();
+            assert_eq!(rsp.status(), StatusCode::OK);
+        }
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            0,
+            "the balancer was cloned per request"
+        );
     }
 }

@@ -403,15 +403,23 @@ impl Credentials {
     }
 
     /// Starts a task (on the current tokio runtime) that reloads the files when their contents
-    /// change. Must be called within a tokio runtime.
+    /// change.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::InvalidConfig`] for an invalid `config`, [`TlsError::NoRuntime`] outside a
+    /// tokio runtime.
     pub fn watch(
         &self,
         paths: CredentialPaths,
         config: WatchConfig,
     ) -> Result<CredentialWatcher, TlsError> {
         config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TlsError::NoRuntime {
+            what: "the credential watcher",
+        })?;
         let creds = self.clone();
-        let task = tokio::spawn(async move { creds.watch_loop(paths, config).await });
+        let task = runtime.spawn(async move { creds.watch_loop(paths, config).await });
         Ok(CredentialWatcher { task })
     }
 

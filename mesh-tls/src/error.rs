@@ -270,6 +270,13 @@ pub enum TlsError {
         source: rcgen::Error,
     },
 
+    /// A task had to be started and no tokio runtime was running.
+    #[error("{what} must be started within a tokio runtime")]
+    NoRuntime {
+        /// What was being started.
+        what: &'static str,
+    },
+
     /// A configuration value is out of range.
     #[error("invalid configuration: {field} = {value}: {reason}")]
     InvalidConfig {

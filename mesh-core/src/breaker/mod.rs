@@ -319,6 +319,32 @@ pub struct Breaker<S> {
     report: Report,
     classify: SharedClassify,
     inspect: ErrorInspector,
+    /// The breaker task, when the layer was applied outside a Tokio runtime: spawned by the
+    /// first `poll_ready` (which runs inside one). `None` on the usual path.
+    start: Option<Arc<Deferred>>,
+}
+
+/// A breaker task not spawned yet (the layer was applied outside a runtime).
+struct Deferred(std::sync::Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>);
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
+impl Deferred {
+    /// Spawns the task if a runtime is running now; `false` if not (try again later).
+    fn spawn(&self) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let pending = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(run) = pending {
+            drop(runtime.spawn(run));
+        }
+        true
+    }
 }
 
 /// Makes a [`Breaker`] per endpoint (the `NewBreaker` of the triplet): [`BreakerLayer::layer`]
@@ -356,11 +382,22 @@ impl BreakerLayer {
         self.stats.clone()
     }
 
-    /// Wraps one endpoint's service; spawns its breaker task, which drives `health`.
+    /// Wraps one endpoint's service; spawns its breaker task, which drives `health`. Outside a
+    /// Tokio runtime the task is spawned by the service's first `poll_ready` instead.
     pub fn layer<S>(&self, inner: S, health: Health) -> Breaker<S> {
         let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
-        tokio::spawn(task::run(rx, health, self.config, self.stats.clone()));
+        let run = task::run(rx, health, self.config, self.stats.clone());
+        let start = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                drop(runtime.spawn(run));
+                None
+            }
+            Err(_) => Some(Arc::new(Deferred(std::sync::Mutex::new(Some(Box::pin(
+                run,
+            )))))),
+        };
         Breaker {
+            start,
             inner,
             report: Report {
                 tx,
@@ -386,6 +423,16 @@ impl<S> tower::Layer<S> for EndpointBreakerLayer {
 
     fn layer(&self, inner: S) -> Breaker<S> {
         self.layer.layer(inner, self.health.clone())
+    }
+}
+
+/// As a plain [`tower::Layer`], each service gets a [`Health`] of its own (read by no balancer);
+/// to give a balancer the endpoint's health, use [`BreakerLayer::with_health`].
+impl<S> tower::Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Breaker<S> {
+        BreakerLayer::layer(self, inner, Health::new())
     }
 }
 
@@ -424,6 +471,11 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Some(start) = &self.start {
+            if start.spawn() {
+                self.start = None;
+            }
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 

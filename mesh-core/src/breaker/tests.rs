@@ -453,6 +453,7 @@ async fn a_probe_whose_body_is_dropped_before_its_trailers_still_decides() {
         report: failing.report.clone(),
         classify: failing.classify.clone(),
         inspect: failing.inspect,
+        start: None,
     };
     send(&failing, 1).await;
     assert_eq!(health.state(), HealthState::Ejected);
@@ -568,4 +569,39 @@ async fn an_endpoint_ejected_for_refused_connections_is_readmitted_within_a_seco
             back.elapsed()
         );
     }
+}
+
+#[test]
+fn a_breaker_made_outside_a_runtime_does_not_panic_and_starts_in_one() {
+    let status = Arc::new(AtomicU16::new(500));
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        success_rate: None,
+        ..Default::default()
+    });
+    // No runtime here: the task cannot be spawned yet.
+    let svc = layer.layer(endpoint(status), health.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        send(&svc, 7).await;
+        assert_eq!(
+            health.state(),
+            HealthState::Ejected,
+            "the deferred task runs"
+        );
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_layer_is_a_plain_tower_layer() {
+    let status = Arc::new(AtomicU16::new(200));
+    let layer = Breaker::layer(BreakerConfig::default());
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(endpoint(status));
+    send(&svc, 1).await;
 }

@@ -77,12 +77,22 @@ pub const ENVOY_EXPECTED_TIMEOUT: HeaderName =
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Deadline(pub Instant);
 
+/// The farthest deadline [`Deadline::after`] makes: about 30 years, as tokio's own far future.
+const FARTHEST: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 // === impl Deadline ===
 
 impl Deadline {
-    /// The deadline `timeout` from now.
+    /// The deadline `timeout` from now; a timeout too large for the clock (e.g.
+    /// `Duration::MAX`) gives the farthest deadline the clock can hold (about 30 years) rather
+    /// than overflowing.
     pub fn after(timeout: Duration) -> Self {
-        Self(Instant::now() + timeout)
+        let now = Instant::now();
+        Self(
+            now.checked_add(timeout)
+                .or_else(|| now.checked_add(FARTHEST))
+                .unwrap_or(now),
+        )
     }
 
     /// The instant.

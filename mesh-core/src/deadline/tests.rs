@@ -210,3 +210,10 @@ fn config_validates() {
         "route_timeout must be greater than zero, got 0ns"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_after_a_huge_timeout_does_not_overflow() {
+    let deadline = Deadline::after(Duration::MAX);
+    assert!(!deadline.is_expired());
+    assert!(deadline.remaining() > Duration::from_secs(86_400 * 365));
+}

@@ -22,8 +22,11 @@
 //! counters stamped with the epoch (slot number since the budget's creation) they count. No lock:
 //! a request touches one slot with a couple of atomic operations; a withdrawal sums the ring. A
 //! withdrawal is added first and undone if it overdraws, so concurrent withdrawals can be refused
-//! spuriously at the edge but can never overspend. When a slot is recycled for a new epoch, a deposit
-//! racing the reset may be lost; the budget errs towards fewer retries.
+//! spuriously at the edge but can never overspend. Each counter carries the epoch it counts in its
+//! top bits (24 bits of it; the value has 40), and a slot is recycled by the first update of the new
+//! epoch replacing the old epoch's value in the same compare-and-swap, so no update racing a
+//! recycle is ever erased (an earlier design reset the counters with plain stores after switching
+//! the slot's epoch, which could erase a concurrent withdrawal and let the budget overspend).
 //!
 //! ```
 //! use mesh_core::retry::{Budget, BudgetConfig};
@@ -110,8 +113,85 @@ impl BudgetConfig {
 #[derive(Debug, Default)]
 struct Slot {
     epoch: AtomicU64,
-    deposits: AtomicU64,
-    withdrawals: AtomicU64,
+    deposits: Counter,
+    withdrawals: Counter,
+}
+
+/// A slot's counter: the low 40 bits hold the value, the top 24 bits the epoch it counts.
+#[derive(Debug, Default)]
+struct Counter(AtomicU64);
+
+const VALUE_BITS: u32 = 40;
+const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
+const TAG_MASK: u64 = (1 << (64 - VALUE_BITS)) - 1;
+
+// === impl Counter ===
+
+impl Counter {
+    fn tag(epoch: u64) -> u64 {
+        epoch & TAG_MASK
+    }
+
+    /// Whether tag `a` is a later epoch than tag `b` (modulo the tag's range).
+    fn later(a: u64, b: u64) -> bool {
+        let d = a.wrapping_sub(b) & TAG_MASK;
+        d != 0 && d < TAG_MASK / 2
+    }
+
+    /// Adds `delta` for `epoch`: an older epoch's value is replaced (the slot is recycled) in the
+    /// same atomic step; a later epoch's is left alone (this update is too late to count, and
+    /// `false` says so).
+    fn add(&self, epoch: u64, delta: u64) -> bool {
+        let tag = Self::tag(epoch);
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (cur_tag, value) = (cur >> VALUE_BITS, cur & VALUE_MASK);
+            let value = if cur_tag == tag {
+                value.saturating_add(delta).min(VALUE_MASK)
+            } else if Self::later(cur_tag, tag) {
+                return false;
+            } else {
+                delta.min(VALUE_MASK)
+            };
+            let new = (tag << VALUE_BITS) | value;
+            match self
+                .0
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Takes back `delta` added for `epoch` (nothing if the slot was recycled since).
+    fn sub(&self, epoch: u64, delta: u64) {
+        let tag = Self::tag(epoch);
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if cur >> VALUE_BITS != tag {
+                return;
+            }
+            let new = (tag << VALUE_BITS) | (cur & VALUE_MASK).saturating_sub(delta);
+            match self
+                .0
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// The value counted for `epoch` (zero if the counter holds another epoch's).
+    fn get(&self, epoch: u64) -> u64 {
+        let cur = self.0.load(Ordering::Acquire);
+        if cur >> VALUE_BITS == Self::tag(epoch) {
+            cur & VALUE_MASK
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -159,19 +239,20 @@ impl Budget {
         u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.0.slot_ns
     }
 
-    /// The slot for the current epoch, recycled if it held an older one.
+    /// The slot for the current epoch, marked with it if it held an older one (its counters
+    /// recycle themselves on their next update).
     fn current(&self, epoch: u64) -> &Slot {
         let n = self.0.slots.len() as u64;
         let slot = &self.0.slots[(epoch % n) as usize];
-        let seen = slot.epoch.load(Ordering::Acquire);
-        if seen != epoch
-            && slot
+        let mut seen = slot.epoch.load(Ordering::Acquire);
+        while seen == u64::MAX || seen < epoch {
+            match slot
                 .epoch
                 .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            slot.deposits.store(0, Ordering::Release);
-            slot.withdrawals.store(0, Ordering::Release);
+            {
+                Ok(_) => break,
+                Err(now) => seen = now,
+            }
         }
         slot
     }
@@ -179,9 +260,8 @@ impl Budget {
     /// Records a request (every original request deposits; retries do not).
     pub fn deposit(&self) {
         let epoch = self.epoch();
-        self.current(epoch)
-            .deposits
-            .fetch_add(self.0.deposit, Ordering::AcqRel);
+        // A deposit too late for its slot (the thread stalled for a whole window) is dropped.
+        let _ = self.current(epoch).deposits.add(epoch, self.0.deposit);
     }
 
     /// The balance in micro-tokens: reserve + deposits − withdrawals over the window.
@@ -191,8 +271,8 @@ impl Budget {
         for slot in self.0.slots.iter() {
             let e = slot.epoch.load(Ordering::Acquire);
             if e <= epoch && epoch - e < n {
-                balance += i128::from(slot.deposits.load(Ordering::Acquire));
-                balance -= i128::from(slot.withdrawals.load(Ordering::Acquire));
+                balance += i128::from(slot.deposits.get(e));
+                balance -= i128::from(slot.withdrawals.get(e));
             }
         }
         balance
@@ -202,11 +282,13 @@ impl Budget {
     pub fn withdraw(&self) -> bool {
         let epoch = self.epoch();
         let slot = self.current(epoch);
-        slot.withdrawals.fetch_add(SCALE, Ordering::AcqRel);
+        if !slot.withdrawals.add(epoch, SCALE) {
+            return false;
+        }
         if self.balance(epoch) >= 0 {
             true
         } else {
-            slot.withdrawals.fetch_sub(SCALE, Ordering::AcqRel);
+            slot.withdrawals.sub(epoch, SCALE);
             false
         }
     }
@@ -319,5 +401,55 @@ mod tests {
             ..Default::default()
         })
         .starts_with("window 0ns"));
+    }
+
+    /// Threads hammer a budget whose 1 ms slots are recycled all the time, each depositing and
+    /// withdrawing: however they interleave with the recycling, no more retries succeed than the
+    /// reserve plus the deposits allow (the run is shorter than the window).
+    #[test]
+    fn withdrawals_racing_slot_recycling_never_overspend() {
+        let reserve_per_sec: u32 = 10;
+        let budget = Budget::new(BudgetConfig {
+            window: Duration::from_secs(1),
+            slots: 1000,
+            min_per_sec: reserve_per_sec,
+            ratio: 0.5,
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let successes = std::sync::atomic::AtomicU64::new(0);
+        let deposits = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    while started.elapsed() < Duration::from_millis(400) {
+                        budget.deposit();
+                        deposits.fetch_add(1, Ordering::Relaxed);
+                        if budget.withdraw() {
+                            successes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let spent = successes.load(Ordering::Relaxed);
+        let allowed = u64::from(reserve_per_sec) + deposits.load(Ordering::Relaxed) / 2;
+        assert!(spent <= allowed, "{spent} retries spent, {allowed} allowed");
+        assert!(spent > 0);
+    }
+
+    #[test]
+    fn a_recycled_counter_starts_from_the_new_epochs_update() {
+        let c = Counter::default();
+        assert!(c.add(3, 5));
+        assert_eq!(c.get(3), 5);
+        assert!(c.add(13, 2), "a later epoch recycles the counter");
+        assert_eq!((c.get(3), c.get(13)), (0, 2));
+        assert!(
+            !c.add(3, 1),
+            "a late update of an older epoch does not count"
+        );
+        c.sub(13, 1);
+        assert_eq!(c.get(13), 1);
     }
 }

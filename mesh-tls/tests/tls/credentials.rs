@@ -157,3 +157,15 @@ fn dev_ca_round_trips_through_pem() {
     let cert = issue(&reloaded, CLIENT_ID);
     assert!(Credentials::from_pem(&cert.cert_pem, &cert.key_pem, ca.cert_pem()).is_ok());
 }
+
+#[test]
+fn watching_outside_a_runtime_is_an_error_not_a_panic() {
+    let ca = DevCa::new("mesh CA").unwrap();
+    let cert = issue(&ca, SERVER_ID);
+    let c = creds(&cert, ca.cert_pem());
+    let paths = CredentialPaths::new("cert.pem", "key.pem", "ca.pem");
+    let err = c
+        .watch(paths, mesh_tls::WatchConfig::default())
+        .expect_err("no runtime");
+    assert!(matches!(err, TlsError::NoRuntime { .. }), "{err:?}");
+}
