@@ -75,10 +75,12 @@ use futures_util::StreamExt;
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_balance::Outcome;
 use mesh_balance::{Balance, Health, HealthState};
 use mesh_core::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerStats};
-use mesh_core::classify::{Classifier, GrpcClasses, SharedClassify};
+use mesh_core::classify::{Classifier, ErrorKind, GrpcClasses, ResponseClass, SharedClassify};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
+use mesh_core::hedge::AvoidEndpoint;
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
 use mesh_core::metrics::{names, CallbackHandle, MetricsError, Telemetry};
 use mesh_core::retry::{Budget, BudgetConfig, ReplayBody, Retry, RetryConfig, RetryStats};
@@ -247,19 +249,66 @@ pub enum Error {
     Other(BoxError),
 }
 
-/// Charges 5xx responses, failing gRPC statuses in the response head, and transport errors to the
-/// endpoint as failures, so an endpoint that fails fast does not look fast to the balancer.
+/// The balancer's view of an endpoint's outcome, read from the one classification the endpoint's
+/// circuit breaker made with the request's (route's) classifier ([`ResponseClass`]), so balancer,
+/// breaker, retries and metrics agree. Without that verdict (breaker off) it charges 5xx
+/// responses and failing gRPC statuses in the response head. A response the mesh made itself (the
+/// endpoint's concurrency cap) is no verdict; a refused connection is [`Outcome::Refused`]; other
+/// errors are failures. So an endpoint that fails fast does not look fast to the balancer.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassifyHttp {
     grpc: GrpcClasses,
 }
 
+/// What kind of error an endpoint's error is, for [`ClassifyHttp`] (implemented for the boxed
+/// errors of the client's endpoints, and for `Infallible`).
+pub trait EndpointErrorKind {
+    /// The error's kind ([`error_kind`]).
+    fn error_kind(&self) -> ErrorKind;
+}
+
+impl EndpointErrorKind for BoxError {
+    fn error_kind(&self) -> ErrorKind {
+        error_kind(&**self)
+    }
+}
+
+impl EndpointErrorKind for std::convert::Infallible {
+    fn error_kind(&self) -> ErrorKind {
+        match *self {}
+    }
+}
+
+/// The client's [`ErrorInspector`](mesh_core::classify::ErrorInspector):
+/// [`crate::connect::endpoint_error_kind`], except that TLS identity and trust failures are
+/// [`ErrorKind::Identity`] (another handshake would fail the same way, so they are not retried).
+pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    #[cfg(feature = "tls")]
+    {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(crate::connect::ConnectError::Tls { source, .. }) =
+                e.downcast_ref::<crate::connect::ConnectError>()
+            {
+                if !matches!(source, mesh_tls::TlsError::HandshakeTimeout { .. }) {
+                    return ErrorKind::Identity;
+                }
+            }
+            cur = e.source();
+        }
+    }
+    crate::connect::endpoint_error_kind(err)
+}
+
 // === impl ClassifyHttp ===
 
-impl<B, E> mesh_balance::Classify<http::Response<B>, E> for ClassifyHttp {
+impl<B, E: EndpointErrorKind> mesh_balance::Classify<http::Response<B>, E> for ClassifyHttp {
     #[inline]
     fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
         let Ok(rsp) = result else { return true };
+        if let Some(ResponseClass(class)) = rsp.extensions().get::<ResponseClass>() {
+            return !class.is_success();
+        }
         if rsp.status().is_server_error() {
             return true;
         }
@@ -268,6 +317,46 @@ impl<B, E> mesh_balance::Classify<http::Response<B>, E> for ClassifyHttp {
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .and_then(|s| s.trim().parse::<u16>().ok())
             .is_some_and(|code| self.grpc.classify(code) != mesh_core::classify::Class::Success)
+    }
+
+    #[inline]
+    fn outcome(&self, result: &Result<http::Response<B>, E>) -> Outcome {
+        match result {
+            Err(e) if e.error_kind() == ErrorKind::Connect => Outcome::Refused,
+            Err(_) => Outcome::Failure,
+            Ok(rsp) if rsp.extensions().get::<mesh_core::error::Error>().is_some() => {
+                Outcome::NoVerdict
+            }
+            Ok(_) if self.is_failure(result) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+        }
+    }
+}
+
+/// The balancer as the client's innermost shared service: every attempt of a request avoids the
+/// endpoints earlier attempts used ([`AvoidEndpoint`], set by the retry and hedge layers).
+#[derive(Clone)]
+struct PreviousHosts(Balance<SocketAddr, EndpointService, ClassifyHttp>);
+
+impl Service<http::Request<Body>> for PreviousHosts {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = mesh_balance::ResponseFuture<
+        SocketAddr,
+        EndpointService,
+        ClassifyHttp,
+        http::Request<Body>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match req.extensions().get::<AvoidEndpoint>().cloned() {
+            Some(avoid) => self.0.call_avoiding(req, &avoid),
+            None => self.0.call(req),
+        }
     }
 }
 
@@ -529,7 +618,7 @@ impl ClientBuilder {
         let mut breaker_layer = self.breaker.map(|config| {
             Breaker::layer(config)
                 .classify(classify.clone())
-                .error_inspector(crate::connect::endpoint_error_kind)
+                .error_inspector(error_kind)
         });
         let breaker_stats = breaker_layer
             .as_ref()
@@ -594,10 +683,17 @@ impl ClientBuilder {
         // Below the retry and hedge layers every request body is boxed, so the balancer and the
         // endpoints have one type whichever layers are on.
         let below_hedge: BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError> =
-            BoxCloneSyncService::new(shed_layer.layer(balance.clone()));
-        let hedge_layer = self
-            .hedge
-            .map(|config| Hedge::layer(config, budget.clone()).latency(latency.clone()));
+            BoxCloneSyncService::new(shed_layer.layer(PreviousHosts(balance.clone())));
+        // Under the retry layer, which deposits each request into the shared budget once, the
+        // hedge layer must not deposit too (it sees every attempt: retries would fund retries).
+        let retrying = self.retry.is_some();
+        let hedge_layer = self.hedge.map(|config| {
+            let config = HedgeConfig {
+                deposit: config.deposit && !retrying,
+                ..config
+            };
+            Hedge::layer(config, budget.clone()).latency(latency.clone())
+        });
         let hedge_stats = hedge_layer
             .as_ref()
             .map_or_else(HedgeStats::default, |h| h.stats());
@@ -611,8 +707,8 @@ impl ClientBuilder {
             None => below_hedge,
         };
         let retry_layer = Retry::layer(self.retry.unwrap_or_default(), budget)
-            .error_inspector(crate::connect::endpoint_error_kind)
             .classify(classify)
+            .error_inspector(error_kind)
             .latency(latency);
         let retry_stats = retry_layer.stats();
         let deadline_stats = DeadlineStats::default();

@@ -213,3 +213,58 @@ async fn a_killed_backend_is_ejected_until_its_probe_succeeds() {
     }
     assert!(client.stats().breaker.restorations() >= 1);
 }
+
+#[tokio::test]
+async fn a_get_to_an_empty_set_is_not_retried_and_names_the_cause() {
+    init_tracing();
+    let (discovery, _updater) = Discovery::manual();
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .balance(meshwork::balance::Config {
+            failfast_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let start = tokio::time::Instant::now();
+    let err = client.request(get()).await.expect_err("no endpoints");
+    let took = start.elapsed();
+    assert!(err.is_no_endpoints(), "{err}");
+    assert!(err.to_string().contains("no endpoints"), "{err}");
+    assert_eq!(
+        client.stats().retry.retries(),
+        0,
+        "retrying cannot fill the set"
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "one failfast wait (300 ms), not four: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn hedging_does_not_inflate_the_retry_budget() {
+    init_tracing();
+    let backend = Backend::start("always-503", Duration::ZERO, 503).await;
+    let discovery = Discovery::fixed([Endpoint::new(backend.addr)]).expect("discovery");
+    let client = meshwork::client(discovery)
+        .authority("svc.test")
+        .breaker(None)
+        .budget(meshwork::core::retry::BudgetConfig {
+            ratio: 0.2,
+            min_per_sec: 0,
+            ..Default::default()
+        })
+        .hedge(Some(meshwork::core::hedge::HedgeConfig::default()))
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    for _ in 0..100 {
+        let rsp = client.request(get()).await.expect("a response");
+        assert_eq!(rsp.status(), 503);
+    }
+    let retries = client.stats().retry.retries();
+    assert!(
+        retries <= 20,
+        "20 % of 100 requests may be retried, hedging or not: {retries}"
+    );
+}

@@ -31,7 +31,7 @@
 //! assert!(health.is_available());
 //! ```
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 const AVAILABLE: u8 = 0;
@@ -55,7 +55,15 @@ pub enum HealthState {
 ///
 /// Clones share the same state. All operations are single atomic operations.
 #[derive(Clone, Debug, Default)]
-pub struct Health(Arc<AtomicU8>);
+pub struct Health(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: AtomicU8,
+    /// Failures learned after the balancer recorded the response as answered (a gRPC status in
+    /// the trailers), not yet charged to the endpoint's cost.
+    late_failures: AtomicU32,
+}
 
 // === impl Health ===
 
@@ -67,7 +75,7 @@ impl Health {
 
     /// The current state. A probe that has been handed out still reads as [`HealthState::Probing`].
     pub fn state(&self) -> HealthState {
-        match self.0.load(Ordering::Acquire) {
+        match self.0.state.load(Ordering::Acquire) {
             AVAILABLE => HealthState::Available,
             EJECTED => HealthState::Ejected,
             _ => HealthState::Probing,
@@ -77,22 +85,22 @@ impl Health {
     /// Whether the endpoint is a normal candidate.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.0.load(Ordering::Acquire) == AVAILABLE
+        self.0.state.load(Ordering::Acquire) == AVAILABLE
     }
 
     /// Take the endpoint out of the choice.
     pub fn eject(&self) {
-        self.0.store(EJECTED, Ordering::Release);
+        self.0.state.store(EJECTED, Ordering::Release);
     }
 
     /// Let exactly one request probe the endpoint.
     pub fn probe(&self) {
-        self.0.store(PROBING, Ordering::Release);
+        self.0.state.store(PROBING, Ordering::Release);
     }
 
     /// Put the endpoint back into the choice.
     pub fn restore(&self) {
-        self.0.store(AVAILABLE, Ordering::Release);
+        self.0.state.store(AVAILABLE, Ordering::Release);
     }
 
     /// Claim the single probe request. Returns `true` for exactly one caller after each
@@ -100,6 +108,7 @@ impl Health {
     #[inline]
     pub fn try_acquire_probe(&self) -> bool {
         self.0
+            .state
             .compare_exchange(
                 PROBING,
                 PROBE_IN_FLIGHT,
@@ -109,12 +118,28 @@ impl Health {
             .is_ok()
     }
 
+    /// Reports a failure that became known only after the response head (a gRPC error status in
+    /// the trailers): the balancer charges it to the endpoint's cost at its next choice involving
+    /// the endpoint, as if the response had failed.
+    pub fn report_late_failure(&self) {
+        self.0.late_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the failures reported by [`Health::report_late_failure`] since the last call.
+    #[inline]
+    pub fn take_late_failures(&self) -> u32 {
+        if self.0.late_failures.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.0.late_failures.swap(0, Ordering::Relaxed)
+    }
+
     /// Hand an unused probe back: if a probe was claimed with [`Health::try_acquire_probe`] and its
     /// request was dropped before any outcome (cancelled), the endpoint returns to
     /// [`HealthState::Probing`] so that another request may probe. Does nothing in any other state (the
     /// breaker has already decided). The balancer calls this when a probe request is cancelled.
     pub fn cancel_probe(&self) {
-        let _ = self.0.compare_exchange(
+        let _ = self.0.state.compare_exchange(
             PROBE_IN_FLIGHT,
             PROBING,
             Ordering::AcqRel,

@@ -241,6 +241,14 @@ impl<K, S, C> Member<K, S, C> {
 
     #[inline]
     fn cost(&self, now_ns: u64) -> f64 {
+        let late = self.health.take_late_failures();
+        if late > 0 {
+            let common = &self.common;
+            for _ in 0..late.min(8) {
+                self.load
+                    .observe(0.0, Some(&common.penalty), now_ns, common.decay_ns);
+            }
+        }
         self.load.cost(now_ns, self.common.decay_ns) * self.inv_weight
     }
 }

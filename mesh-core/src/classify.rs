@@ -27,7 +27,9 @@
 //! | `all-successful` | success | none |
 //!
 //! In every preset, a connection error that never reached the server ([`ErrorKind::Connect`]) is
-//! retryable for any method: the server cannot have acted on the request.
+//! retryable for any method: the server cannot have acted on the request. Failures another
+//! attempt cannot fix — no endpoint to send to ([`ErrorKind::Unavailable`]), a TLS identity or
+//! trust failure ([`ErrorKind::Identity`]) — are never retryable.
 //!
 //! gRPC requests (`content-type: application/grpc*`) are classified by `grpc-status` with two
 //! configurable [`GrpcCodes`] sets ([`GrpcClasses`]). Defaults (gRFC A6 and DESIGN.md): UNAVAILABLE
@@ -88,6 +90,14 @@ impl Class {
     }
 }
 
+/// A response extension: the class the endpoint's circuit breaker gave the response head, with
+/// the request's classifier (its route's, through [`ClassifyOverride`]). The balancer reads it
+/// instead of classifying again, so both judge by the same classifier. Absent when the class waits
+/// for the trailers; a failure found there reaches the balancer through
+/// [`mesh_balance::Health::report_late_failure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseClass(pub Class);
+
 /// The result of classifying a response head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadClass {
@@ -138,6 +148,13 @@ pub enum ErrorKind {
     Connect,
     /// The attempt timed out (per-try timeout).
     Timeout,
+    /// The mesh had no endpoint to send the request to (no endpoints, every one ejected with panic
+    /// mode off, or the wait queue full): another attempt would meet the same set, so it is a
+    /// failure that is never retried.
+    Unavailable,
+    /// The endpoint could not prove the identity discovery expected, or its certificate is not
+    /// trusted: another handshake would fail the same way, so it is never retried.
+    Identity,
     /// Anything else (reset after the request was sent, protocol error, body error, ...).
     Other,
 }
@@ -148,14 +165,20 @@ pub enum ErrorKind {
 /// { ErrorKind::Connect } else { default_error_kind(e) }`.
 pub type ErrorInspector = fn(&(dyn std::error::Error + 'static)) -> ErrorKind;
 
-/// The default [`ErrorInspector`]: walks the error's `source()` chain; an `std::io::Error` of kind
+/// The default [`ErrorInspector`]: walks the error's `source()` chain; a balancer error
+/// ([`mesh_balance::Error`]: no endpoints, none available, queue full) is
+/// [`ErrorKind::Unavailable`]; an `std::io::Error` of kind
 /// `ConnectionRefused`, `AddrNotAvailable`, `HostUnreachable` or `NetworkUnreachable` (what a TCP
 /// connect fails with; hyper-util's connect errors wrap one) is [`ErrorKind::Connect`]; a
 /// [`crate::error::Error::PerTryTimeout`] or `tower::timeout::error::Elapsed` is
-/// [`ErrorKind::Timeout`]; anything else is [`ErrorKind::Other`].
+/// [`ErrorKind::Timeout`]; anything else is [`ErrorKind::Other`]. (TLS identity failures depend on
+/// the TLS stack: the `meshwork` facade's inspector adds [`ErrorKind::Identity`].)
 pub fn default_error_kind(err: &(dyn std::error::Error + 'static)) -> ErrorKind {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
+        if e.is::<mesh_balance::Error>() {
+            return ErrorKind::Unavailable;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             if matches!(
@@ -497,6 +520,7 @@ impl Classify for Classifier {
 
     fn classify_error(&self, req: RequestInfo, kind: ErrorKind) -> Class {
         match kind {
+            ErrorKind::Unavailable | ErrorKind::Identity => Class::Failure,
             ErrorKind::Connect => Class::RetryableFailure,
             _ if self.preset.may_retry(req) => Class::RetryableFailure,
             _ => Class::Failure,

@@ -13,8 +13,9 @@
 //! KiB by default).
 //!
 //! The balancer picks an endpoint for each attempt; to let it pick a *different* one for the hedge,
-//! both attempts carry the same [`AvoidEndpoint`] hint: the balancer records the endpoint it chose
-//! for the first and may avoid it for the second. The hint is advisory.
+//! both attempts carry the same [`AvoidEndpoint`] hint (shared with the retry layer's attempts of
+//! the same request): the balancer records the endpoint it chose for the first and avoids it for
+//! the second whenever another is available.
 //!
 //! If the attempt that finishes first failed with an error (not a response), the other one is
 //! awaited instead: an error is no reason to throw away an attempt that may still succeed.
@@ -54,7 +55,7 @@ use http::{Request, Response};
 use http_body::Body;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::BoxError;
@@ -63,23 +64,58 @@ use crate::classify::RequestInfo;
 use crate::deadline::{LatencyEstimate, NoEstimate, SharedLatency};
 use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 
-/// A hint for the balancer, shared by the attempts of one hedged request: the endpoint the first
-/// attempt went to, which the hedge may avoid.
+/// A request extension shared by the attempts of one request (the retry layer's retries and the
+/// hedge layer's hedge): the endpoints earlier attempts went to, which later attempts avoid
+/// whenever another endpoint is available (Envoy's *previous hosts* predicate). The balancer reads
+/// and writes it through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
+///
+/// One small lock per request, touched once per attempt; never shared between requests.
 #[derive(Clone, Debug, Default)]
-pub struct AvoidEndpoint(Arc<OnceLock<SocketAddr>>);
+pub struct AvoidEndpoint(Arc<Mutex<Vec<SocketAddr>>>);
 
 // === impl AvoidEndpoint ===
 
 impl AvoidEndpoint {
-    /// Records the endpoint chosen for an attempt. Only the first record counts; returns whether
-    /// this one did.
-    pub fn record(&self, endpoint: SocketAddr) -> bool {
-        self.0.set(endpoint).is_ok()
+    fn endpoints_mut(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+        // A panic while holding this lock cannot leave the list inconsistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The endpoint to avoid, once an attempt has recorded one.
+    /// Records the endpoint chosen for an attempt; returns whether it was new.
+    pub fn record(&self, endpoint: SocketAddr) -> bool {
+        let mut list = self.endpoints_mut();
+        if list.contains(&endpoint) {
+            return false;
+        }
+        list.push(endpoint);
+        true
+    }
+
+    /// The endpoint the first attempt went to, once one has been recorded.
     pub fn avoided(&self) -> Option<SocketAddr> {
-        self.0.get().copied()
+        self.endpoints_mut().first().copied()
+    }
+
+    /// Whether an attempt went to `endpoint`.
+    pub fn contains(&self, endpoint: SocketAddr) -> bool {
+        self.endpoints_mut().contains(&endpoint)
+    }
+
+    /// Every endpoint attempts went to, in order.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.endpoints_mut().clone()
+    }
+}
+
+impl mesh_balance::Avoid<SocketAddr> for AvoidEndpoint {
+    fn avoids(&self, key: &SocketAddr) -> bool {
+        self.contains(*key)
+    }
+
+    fn record(&self, key: &SocketAddr) {
+        AvoidEndpoint::record(self, *key);
     }
 }
 
@@ -322,7 +358,9 @@ where
                     return attempt(ready, Request::from_parts(parts, body), None).await
                 }
             };
-            parts.extensions.insert(AvoidEndpoint::default());
+            if parts.extensions.get::<AvoidEndpoint>().is_none() {
+                parts.extensions.insert(AvoidEndpoint::default());
+            }
             let first_req = Request::from_parts(parts.clone(), replay.body());
             let mut first = Box::pin(attempt(ready, first_req, None));
             let delay = shared.config.delay(delay, &*shared.latency);

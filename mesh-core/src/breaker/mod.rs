@@ -87,7 +87,7 @@ use tower::BoxError;
 
 use crate::classify::{
     classifier_for, default_error_kind, Class, Classifier, ClassifyBody, ErrorInspector, ErrorKind,
-    HeadClass, OnClass, RequestInfo, SharedClassify,
+    HeadClass, OnClass, RequestInfo, ResponseClass, SharedClassify,
 };
 
 /// Success-rate failure accrual. `Default`: threshold 0.8 over 10 s, at least 5 requests
@@ -296,9 +296,17 @@ pub(crate) enum Verdict {
 pub struct Report {
     tx: mpsc::Sender<Verdict>,
     stats: BreakerStats,
+    /// The endpoint's health, and whether this report comes after the response head: a failure
+    /// known only then (gRPC trailers) is also charged to the balancer's cost through it.
+    health: Health,
+    late: bool,
 }
 
 impl Report {
+    fn late(self) -> Self {
+        Self { late: true, ..self }
+    }
+
     fn send(&self, verdict: Verdict) {
         if self.tx.try_send(verdict).is_err() {
             self.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +316,9 @@ impl Report {
 
 impl OnClass for Report {
     fn on_class(self, class: Class) {
+        if self.late && !class.is_success() {
+            self.health.report_late_failure();
+        }
         self.send(Verdict::Class(class));
     }
 }
@@ -386,7 +397,7 @@ impl BreakerLayer {
     /// Tokio runtime the task is spawned by the service's first `poll_ready` instead.
     pub fn layer<S>(&self, inner: S, health: Health) -> Breaker<S> {
         let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
-        let run = task::run(rx, health, self.config, self.stats.clone());
+        let run = task::run(rx, health.clone(), self.config, self.stats.clone());
         let start = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 drop(runtime.spawn(run));
@@ -402,6 +413,8 @@ impl BreakerLayer {
             report: Report {
                 tx,
                 stats: self.stats.clone(),
+                health,
+                late: false,
             },
             classify: self.classify.clone(),
             inspect: self.inspect,
@@ -578,17 +591,20 @@ where
                 p.report.send(Verdict::None);
                 Ok(rsp.map(ClassifyBody::passthrough))
             }
-            Ok(rsp) => {
+            Ok(mut rsp) => {
                 let head = p
                     .classify
                     .classify_head(p.info, rsp.status(), rsp.headers());
                 Ok(match head {
                     HeadClass::Done(class) => {
                         p.report.on_class(class);
+                        // The balancer above reads the same verdict (one classification).
+                        rsp.extensions_mut().insert(ResponseClass(class));
                         rsp.map(ClassifyBody::passthrough)
                     }
                     HeadClass::AwaitEos => {
-                        rsp.map(|b| ClassifyBody::new(b, p.classify, p.info, p.report))
+                        let report = p.report.late();
+                        rsp.map(|b| ClassifyBody::new(b, p.classify, p.info, report))
                     }
                 })
             }

@@ -14,6 +14,9 @@
 //! A [`ClassifyOverride`](crate::classify::ClassifyOverride) request extension (the route's
 //! classifier) replaces the layer's classifier for that request.
 //!
+//! Every attempt of a request carries the same [`AvoidEndpoint`](crate::hedge::AvoidEndpoint), so a
+//! retry goes to an endpoint no earlier attempt used whenever the balancer has one.
+//!
 //! Between attempts it waits a decorrelated-jitter [`Backoff`] (25 ms base). Each attempt may have a
 //! per-try timeout (an attempt that times out is classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), retryable
 //! for idempotent methods under the default preset). Before a retry the deadline headers are
@@ -428,6 +431,16 @@ where
                 }
             };
             let deadline = parts.extensions.get::<Deadline>().copied();
+            // Retries avoid the endpoints earlier attempts used (the balancer reads this).
+            if parts
+                .extensions
+                .get::<crate::hedge::AvoidEndpoint>()
+                .is_none()
+            {
+                parts
+                    .extensions
+                    .insert(crate::hedge::AvoidEndpoint::default());
+            }
             let mut backoff = Backoff::new(shared.config.backoff);
             let req = Request::from_parts(parts.clone(), replay.body());
             let mut result = attempt(ready, req, per_try).await;
