@@ -208,7 +208,7 @@ pub struct Client<B> {
 #[non_exhaustive]
 pub enum BuildError {
     /// The balancer rejected its configuration, or no tokio runtime was running.
-    #[error("cannot build the balancer: {0}")]
+    #[error("cannot build the balancer")]
     Balance(#[from] mesh_balance::BuildError),
     /// A layer's configuration is invalid.
     #[error("invalid {layer} configuration: {reason}")]
@@ -220,7 +220,7 @@ pub enum BuildError {
     },
     /// The client's counters could not be registered (e.g. a name already taken in a shared
     /// registry).
-    #[error("cannot register the client's metrics: {0}")]
+    #[error("cannot register the client's metrics")]
     Metrics(#[from] MetricsError),
 }
 
@@ -233,13 +233,13 @@ pub enum Error {
     #[error("request has no authority: set the URI's authority, a Host header, or ClientBuilder::authority")]
     MissingAuthority,
     /// The request's URI could not be made absolute.
-    #[error("invalid request URI: {0}")]
+    #[error("invalid request URI")]
     InvalidUri(#[from] http::Error),
     /// The balancer had no endpoint to send the request to.
     #[error(transparent)]
     Balance(mesh_balance::Error),
     /// The endpoint's connection failed, or the endpoint closed it mid-request.
-    #[error("request to endpoint failed: {0}")]
+    #[error("request to endpoint failed")]
     Http(#[source] legacy::Error),
     /// A mesh layer failed the request (e.g. a per-try timeout).
     #[error(transparent)]

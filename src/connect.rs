@@ -102,7 +102,7 @@ pub enum EndpointIo {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The TCP connect failed.
-    #[error("connect to {addr} failed: {source}")]
+    #[error("connect to {addr} failed")]
     Io {
         /// The endpoint's address.
         addr: SocketAddr,
@@ -120,7 +120,7 @@ pub enum ConnectError {
     },
     /// The TLS handshake failed, or the server's identity was not the expected one.
     #[cfg(feature = "tls")]
-    #[error("TLS to {addr} failed: {source}")]
+    #[error("TLS to {addr} failed")]
     Tls {
         /// The endpoint's address.
         addr: SocketAddr,

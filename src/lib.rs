@@ -29,6 +29,51 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Mutual TLS with credentials from files
+//!
+//! A workload's certificate chain, private key and trust bundle are PEM files (as SPIRE's agent
+//! or cert-manager's CSI driver write them). Load them once, keep a watcher that installs
+//! rotated files for new handshakes (open connections continue), and give the same
+//! [`tls::Credentials`] to the client and the server. Endpoints get their expected SPIFFE
+//! identity from discovery.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use bytes::Bytes;
+//! use http_body_util::Empty;
+//! use meshwork::discovery::{Discovery, Endpoint};
+//! use meshwork::tls::server::AcceptorConfig;
+//! use meshwork::tls::{CredentialPaths, Credentials, WatchConfig};
+//!
+//! let paths = CredentialPaths::new(
+//!     "/var/run/secrets/workload/cert.pem",
+//!     "/var/run/secrets/workload/key.pem",
+//!     "/var/run/secrets/workload/bundle.pem",
+//! );
+//! let credentials = Credentials::from_files(&paths)?;
+//! // Keep the watcher: dropping it stops the reloads (the compiler warns if it is dropped).
+//! let _watcher = credentials.watch(paths, WatchConfig::default())?;
+//!
+//! // Outbound: each endpoint must prove the identity discovery gives it.
+//! let discovery = Discovery::fixed([Endpoint::new("10.0.0.7:8443".parse()?)
+//!     .with_identity("spiffe://cluster.local/ns/shop/sa/world")])?;
+//! let client = meshwork::client(discovery)
+//!     .authority("world.shop")
+//!     .tls(credentials.clone())
+//!     .build::<Empty<Bytes>>()?;
+//!
+//! // Inbound: mTLS only (strict); the verified caller is a request extension.
+//! let server = meshwork::server().tls(credentials, AcceptorConfig::strict());
+//! # drop((client, server)); Ok(()) }
+//! ```
+//!
+//! # Errors
+//!
+//! Every error type's message describes its own layer, and its cause is [`std::error::Error::source`]
+//! — the message does not repeat it. Print the whole chain (for example with `anyhow`'s `{:#}`)
+//! to see each cause once.
 
 pub mod body;
 pub mod client;

@@ -250,3 +250,38 @@ async fn a_failing_discovery_source_shows_in_the_metrics() {
     updater.update([ep]).expect("update");
     assert_eq!(gauge("meshwork_discovery_healthy"), "1.0");
 }
+
+#[tokio::test]
+async fn a_failed_connect_prints_each_cause_once() {
+    init_tracing();
+    // A port nothing listens on.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let discovery = Discovery::fixed([Endpoint::new(addr)]).expect("discovery");
+    let client = meshwork::client(discovery)
+        .authority("refused.test")
+        .retry(None)
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let req = http::Request::get("/").body(Empty::new()).expect("request");
+    let err = client.request(req).await.expect_err("nothing listens");
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    let mut causes = Vec::new();
+    while let Some(error) = next {
+        if let Some(source) = error.source() {
+            let (outer, inner) = (error.to_string(), source.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} repeats its source {inner:?}"
+            );
+        }
+        causes.push(error.to_string());
+        next = error.source();
+    }
+    let chain = causes.join(": ");
+    assert!(chain.contains(&addr.to_string()), "{chain}");
+    assert!(chain.to_lowercase().contains("refused"), "{chain}");
+}

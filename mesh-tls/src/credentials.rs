@@ -121,10 +121,21 @@ pub struct Snapshot {
     fingerprint: u64,
 }
 
-/// Handle of the task started by [`Credentials::watch`]; dropping it stops the task.
+/// Handle of the task started by [`Credentials::watch`]; dropping it stops the task, so keep it for
+/// as long as the files should be watched (or [`detach`](CredentialWatcher::detach) it).
+///
+/// Dropping it by accident (`creds.watch(..)?;`) is a compile-time warning:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # fn f(creds: mesh_tls::Credentials, paths: mesh_tls::CredentialPaths) -> Result<(), mesh_tls::TlsError> {
+/// creds.watch(paths, mesh_tls::WatchConfig::default())?; // the watcher stops at once
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
+#[must_use = "dropping the CredentialWatcher stops watching the files at once; keep it, or call .detach()"]
 pub struct CredentialWatcher {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 /// The CA certificates of one trust domain, and the client-certificate verifier built over them.
@@ -420,7 +431,7 @@ impl Credentials {
         })?;
         let creds = self.clone();
         let task = runtime.spawn(async move { creds.watch_loop(paths, config).await });
-        Ok(CredentialWatcher { task })
+        Ok(CredentialWatcher { task: Some(task) })
     }
 
     async fn watch_loop(self, paths: CredentialPaths, config: WatchConfig) {
@@ -673,11 +684,19 @@ impl fmt::Debug for Snapshot {
 impl CredentialWatcher {
     /// Stops the watcher (also done on drop).
     pub fn stop(self) {}
+
+    /// Lets the watcher run for as long as the runtime does, without a handle to stop it.
+    pub fn detach(mut self) {
+        // Dropping a JoinHandle (rather than aborting it) leaves the task running.
+        drop(self.task.take());
+    }
 }
 
 impl Drop for CredentialWatcher {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

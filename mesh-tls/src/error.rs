@@ -63,7 +63,7 @@ pub enum TlsError {
     },
 
     /// A certificate's URI SAN is not a valid SPIFFE ID.
-    #[error("{location}: certificate URI SAN is not a valid SPIFFE ID: {source}")]
+    #[error("{location}: certificate URI SAN is not a valid SPIFFE ID")]
     CertificateIdentity {
         /// Where the certificate came from.
         location: String,
@@ -82,7 +82,7 @@ pub enum TlsError {
     },
 
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -92,7 +92,7 @@ pub enum TlsError {
     },
 
     /// A PEM file is malformed.
-    #[error("{}: bad PEM in {what}: {source}", path.display())]
+    #[error("{}: bad PEM in {what}", path.display())]
     Pem {
         /// The file (`<memory>` for in-memory PEM).
         path: PathBuf,
@@ -113,7 +113,7 @@ pub enum TlsError {
     },
 
     /// The private key cannot be used (unsupported algorithm or malformed).
-    #[error("{}: unusable private key: {source}", path.display())]
+    #[error("{}: unusable private key", path.display())]
     InvalidKey {
         /// The key file.
         path: PathBuf,
@@ -132,7 +132,7 @@ pub enum TlsError {
     },
 
     /// A certificate in the trust bundle cannot be used as a trust anchor.
-    #[error("{}: trust bundle certificate #{index} is not a usable trust anchor: {source}", path.display())]
+    #[error("{}: trust bundle certificate #{index} is not a usable trust anchor", path.display())]
     InvalidTrustAnchor {
         /// The bundle file.
         path: PathBuf,
@@ -167,7 +167,7 @@ pub enum TlsError {
 
     /// The leaf certificate does not chain to the trust bundle, or cannot be used for TLS
     /// (missing serverAuth/clientAuth extended key usage).
-    #[error("{}: certificate for {identity} is not trusted by the bundle {} ({usage}): {source}", path.display(), bundle_path.display())]
+    #[error("{}: certificate for {identity} is not trusted by the bundle {} ({usage})", path.display(), bundle_path.display())]
     UntrustedCertificate {
         /// The chain file.
         path: PathBuf,
@@ -192,7 +192,7 @@ pub enum TlsError {
     },
 
     /// The client-side TLS handshake failed.
-    #[error("TLS handshake with a server expected to be {expected} failed: {source}")]
+    #[error("TLS handshake with a server expected to be {expected} failed")]
     ClientHandshake {
         /// The identity the server was expected to have.
         expected: Identity,
@@ -202,7 +202,7 @@ pub enum TlsError {
     },
 
     /// The server-side TLS handshake failed.
-    #[error("TLS handshake with a client failed: {source}")]
+    #[error("TLS handshake with a client failed")]
     ServerHandshake {
         /// The underlying error (carries rustls' reason).
         #[source]
@@ -217,7 +217,7 @@ pub enum TlsError {
     },
 
     /// Reading the first bytes of an inbound connection failed.
-    #[error("protocol detection failed: {source}")]
+    #[error("protocol detection failed")]
     Detect {
         /// The underlying error.
         #[source]
@@ -225,7 +225,7 @@ pub enum TlsError {
     },
 
     /// The inner connector failed to open a connection.
-    #[error("connecting to {uri} failed: {source}")]
+    #[error("connecting to {uri} failed")]
     Connect {
         /// The URI given to the connector.
         uri: http::Uri,
@@ -235,7 +235,7 @@ pub enum TlsError {
     },
 
     /// The inner connector reported it cannot take connections.
-    #[error("inner connector failed: {source}")]
+    #[error("inner connector failed")]
     Connector {
         /// The inner connector's error.
         #[source]
@@ -243,7 +243,7 @@ pub enum TlsError {
     },
 
     /// Serving HTTP on an accepted connection failed.
-    #[error("serving HTTP failed: {source}")]
+    #[error("serving HTTP failed")]
     Serve {
         /// hyper's error.
         #[source]
@@ -251,7 +251,7 @@ pub enum TlsError {
     },
 
     /// rustls refused a configuration (should not happen with certificates that passed validation).
-    #[error("building the rustls {what} failed: {source}")]
+    #[error("building the rustls {what} failed")]
     Config {
         /// Which configuration.
         what: &'static str,
@@ -261,7 +261,7 @@ pub enum TlsError {
     },
 
     /// The dev CA could not generate or sign a certificate.
-    #[error("dev CA: cannot {what}: {source}")]
+    #[error("dev CA: cannot {what}")]
     DevCa {
         /// What it was doing.
         what: &'static str,

@@ -128,6 +128,15 @@ impl Default for AcceptorConfig {
 }
 
 impl AcceptorConfig {
+    /// The default configuration in strict mode (mTLS only; the same as `default()`, named so a
+    /// reader sees the choice).
+    pub fn strict() -> Self {
+        AcceptorConfig {
+            mode: Mode::Strict,
+            ..AcceptorConfig::default()
+        }
+    }
+
     /// The default configuration in permissive mode.
     pub fn permissive() -> Self {
         AcceptorConfig {

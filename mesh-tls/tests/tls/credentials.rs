@@ -53,7 +53,7 @@ fn certificate_not_signed_by_the_bundle_is_rejected() {
         matches!(err, TlsError::UntrustedCertificate { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    assert!(chain(&err).contains("UnknownIssuer"), "{err}");
 }
 
 #[test]
@@ -168,4 +168,56 @@ fn watching_outside_a_runtime_is_an_error_not_a_panic() {
         .watch(paths, mesh_tls::WatchConfig::default())
         .expect_err("no runtime");
     assert!(matches!(err, TlsError::NoRuntime { .. }), "{err:?}");
+}
+
+/// Asserts that no error of the chain repeats its source's message: a reporter that prints the
+/// chain (`anyhow`'s `{:#}`, `l5d-err`) then shows each cause once.
+pub(crate) fn assert_each_cause_once(error: &(dyn std::error::Error + 'static)) {
+    let mut next = Some(error);
+    let mut depth = 0;
+    while let Some(error) = next {
+        if let Some(source) = error.source() {
+            let (outer, inner) = (error.to_string(), source.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} repeats its source {inner:?}"
+            );
+            depth += 1;
+        }
+        next = error.source();
+    }
+    assert!(depth >= 1, "{error} has no source to check");
+}
+
+#[test]
+fn error_chains_print_each_cause_once() {
+    let missing = Credentials::from_files(&CredentialPaths::new(
+        "/nonexistent/chain.pem",
+        "/nonexistent/key.pem",
+        "/nonexistent/bundle.pem",
+    ))
+    .unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/chain.pem"),
+        "{missing}"
+    );
+    assert_each_cause_once(&missing);
+
+    let ca = DevCa::new("test CA").unwrap();
+    let other = DevCa::new("other CA").unwrap();
+    let foreign = issue(&other, CLIENT_ID);
+    let untrusted = expect_tls_err(Credentials::from_pem(
+        &foreign.cert_pem,
+        &foreign.key_pem,
+        ca.cert_pem(),
+    ));
+    assert_each_cause_once(&untrusted);
+
+    let ours = issue(&ca, CLIENT_ID);
+    let bad_pem = expect_tls_err(Credentials::from_pem(
+        &ours.cert_pem,
+        &ours.key_pem,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    ));
+    assert_each_cause_once(&bad_pem);
 }

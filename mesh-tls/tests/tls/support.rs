@@ -198,10 +198,7 @@ where
                         });
                         let _ = serve_connection(accepted, service).await;
                     }
-                    Err(e) => record
-                        .lock()
-                        .expect("lock")
-                        .push(Seen::Rejected(e.to_string())),
+                    Err(e) => record.lock().expect("lock").push(Seen::Rejected(chain(&e))),
                 }
             });
         }
@@ -340,4 +337,16 @@ pub(crate) fn expect_tls_err<T: std::fmt::Debug>(result: Result<T, TlsError>) ->
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(e) => e,
     }
+}
+
+/// The error and each of its causes once, joined with ": " (what `anyhow`'s `{:#}` prints).
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
