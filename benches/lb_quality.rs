@@ -20,7 +20,7 @@
 //!   the numbers are the same on every run and machine, and the whole run takes seconds of wall time.
 //!
 //! # Time resolution
-//! tokio's timer resolution is 1 ms, also on a paused clock (DESIGN.md "Practical notes"). So the
+//! tokio's timer resolution is 1 ms, also on a paused clock (docs/design.md "Practical notes"). So the
 //! simulation works in whole milliseconds: each service time is drawn from the lognormal and rounded
 //! to the nearest millisecond, at least 1 ms (at a 10 ms median the rounding is ≤ 5 % of a typical
 //! request and the same for every policy); arrival times are drawn exactly and released at the start

@@ -30,7 +30,7 @@
 //!   takes seconds of wall time.
 //!
 //! # Time resolution
-//! tokio's timer resolution is 1 ms, also on a paused clock (DESIGN.md "Practical notes"). As in
+//! tokio's timer resolution is 1 ms, also on a paused clock (docs/design.md "Practical notes"). As in
 //! `lb_quality`, service times are rounded to whole milliseconds (at least 1 ms; ≤ 5 % of a typical
 //! 10 ms request, the same for every policy), arrivals are released at the start of their
 //! millisecond, and every timer the layers set (backoff, hedge delay, breaker ejection) fires on a

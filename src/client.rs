@@ -4,7 +4,7 @@
 //!
 //! # Shape
 //!
-//! The builder stacks the layers in DESIGN.md's order:
+//! The builder stacks the layers in docs/design.md's order:
 //!
 //! ```text
 //! request ─▶ [route metrics] ─▶ deadline ─▶ retry (budget, classify) ─▶ hedge (optional) ─▶ shed (pending cap)
@@ -392,7 +392,7 @@ impl ClientBuilder {
         }
     }
 
-    /// The balancer's settings (defaults: DESIGN.md, "Balancing").
+    /// The balancer's settings (defaults: docs/design.md, "Balancing").
     pub fn balance(mut self, config: mesh_balance::Config) -> Self {
         self.balance = config;
         self

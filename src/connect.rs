@@ -1,6 +1,6 @@
 //! The connector behind each endpoint's connection pool.
 //!
-//! DESIGN.md gives every endpoint its own `tower::Service` and its own connection pool, so that the
+//! docs/design.md gives every endpoint its own `tower::Service` and its own connection pool, so that the
 //! per-endpoint state (EWMA, breaker, identity, metrics) sits on a per-endpoint service rather than on
 //! a shared pool keyed by a rewritten URI. The request keeps its logical `Host`/`:authority`; only the
 //! TCP connection goes to the endpoint. [`EndpointConnector`] is what makes that possible with

@@ -380,7 +380,7 @@ async fn an_endpoint_answering_unavailable_is_steered_away_from() {
     );
 }
 
-/// DESIGN.md: gRPC UNAVAILABLE is retryable (gRFC A6), so a unary call that an endpoint answers
+/// docs/design.md: gRPC UNAVAILABLE is retryable (gRFC A6), so a unary call that an endpoint answers
 /// with UNAVAILABLE should be retried on another endpoint and succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_unary_calls_are_retried_on_another_endpoint() {

@@ -2,7 +2,7 @@
 //!
 //! The resilience layers above the balancer need "how long does this service usually take": a retry is
 //! not started when the deadline leaves less than the observed median, and a hedge is sent after the
-//! observed p95 (DESIGN.md "Resilience"; Google's "The Tail at Scale" hedges at p95). Per-endpoint
+//! observed p95 (docs/design.md "Resilience"; Google's "The Tail at Scale" hedges at p95). Per-endpoint
 //! EWMAs answer a different question (which endpoint now), so the set keeps its own histogram.
 //!
 //! Design: a fixed log-scale histogram of atomic counters, 8 buckets per power of two from 1 µs to

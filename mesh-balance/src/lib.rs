@@ -1,7 +1,7 @@
 //! Latency-aware load balancing for meshwork: power of two choices over peak-EWMA cost, with
 //! weights, circuit-breaker ejection, panic mode and failure-aware cost.
 //!
-//! This is the balancing box of DESIGN.md's request path:
+//! This is the balancing box of docs/design.md's request path:
 //! `retry ─▶ per-try timeout ─▶ **balancer** ─▶ per endpoint: breaker ─▶ concurrency cap ─▶ …`.
 //! Each endpoint is its own `tower::Service` (its own connection pool); discovery inserts and removes
 //! them as a `Stream` of [`tower::discover::Change`]s carrying an [`Endpoint`] (service, weight,

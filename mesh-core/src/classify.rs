@@ -32,7 +32,7 @@
 //! trust failure ([`ErrorKind::Identity`]) — are never retryable.
 //!
 //! gRPC requests (`content-type: application/grpc*`) are classified by `grpc-status` with two
-//! configurable [`GrpcCodes`] sets ([`GrpcClasses`]). Defaults (gRFC A6 and DESIGN.md): UNAVAILABLE
+//! configurable [`GrpcCodes`] sets ([`GrpcClasses`]). Defaults (gRFC A6 and docs/design.md): UNAVAILABLE
 //! is retryable; DEADLINE_EXCEEDED, INTERNAL, DATA_LOSS, PERMISSION_DENIED and UNAVAILABLE are
 //! failures; every other code is a success. A gRPC response without any `grpc-status` is a failure,
 //! and a non-200 HTTP status on a gRPC request is classified like HTTP (502/503/504 → retryable,

@@ -4,7 +4,7 @@
 //! to tell the mesh's failure from the application's. So every response the mesh makes carries an
 //! `l5d-err` header with the [`Error`]'s message (Linkerd's convention, e.g.
 //! `l5d-err: deadline exceeded after 100ms`), and its status follows the proxy convention of
-//! DESIGN.md: 504 for a deadline, 503 for load shedding. gRPC callers (`content-type:
+//! docs/design.md: 504 for a deadline, 503 for load shedding. gRPC callers (`content-type:
 //! application/grpc*`) get what a gRPC client understands instead: a *trailers-only* response —
 //! HTTP 200 whose headers hold `grpc-status` (4 DEADLINE_EXCEEDED, 14 UNAVAILABLE) and
 //! `grpc-message`, with an empty body.

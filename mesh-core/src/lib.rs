@@ -1,6 +1,6 @@
 //! The request path of meshwork: routing, resilience and observability, each a `tower::Layer`.
 //!
-//! DESIGN.md's outbound path, and where each box lives:
+//! docs/design.md's outbound path, and where each box lives:
 //!
 //! ```text
 //! app ─▶ [route metrics] ─▶ deadline ─▶ router ─▶ retry (budget, classify) ─▶ per-try timeout

@@ -9,7 +9,7 @@
 //! the URI's authority, as a per-endpoint service needs).
 //!
 //! # Why one connector per endpoint
-//! The server's certificate is checked against the identity of the *endpoint* (DESIGN.md: each
+//! The server's certificate is checked against the identity of the *endpoint* (docs/design.md: each
 //! endpoint is its own service with its own pool, breaker and identity), not against the name in
 //! the URI: SPIFFE certificates carry no DNS name, and the logical authority of a request says
 //! nothing about which workload should answer. So the expected identity lives in the connector,
@@ -106,7 +106,7 @@ pub struct MeshConnector<C> {
     tls: TlsConnector,
 }
 
-/// A transport connector that dials one fixed address whatever the URI says: DESIGN.md keeps the
+/// A transport connector that dials one fixed address whatever the URI says: docs/design.md keeps the
 /// logical `Host`/`:authority` on the request and sends the connection to the endpoint chosen by
 /// the balancer. TCP_NODELAY is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 //! | [`dev_ca`] | [`DevCa`](dev_ca::DevCa): issues workload certificates for tests and demos |
 //!
 //! # Design
-//! A workload is named by a SPIFFE ID in the URI SAN of its certificate (DESIGN.md, "Security").
+//! A workload is named by a SPIFFE ID in the URI SAN of its certificate (docs/design.md, "Security").
 //! Both sides authenticate with TLS 1.3 only: the server requires a client certificate chaining to
 //! its trust bundle, and the client requires the server's certificate to chain to the bundle *and*
 //! to carry the identity discovery gave for that endpoint, so a compromised workload of the same

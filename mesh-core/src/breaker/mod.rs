@@ -1,7 +1,7 @@
 //! Circuit breaking (failure accrual) per endpoint.
 //!
 //! An endpoint that keeps failing is taken out of the balancer's choice for a while, then one real
-//! request probes it; success puts it back. The rules (DESIGN.md):
+//! request probes it; success puts it back. The rules (docs/design.md):
 //!
 //! - **trip** on 7 consecutive failures (Linkerd 2's default), or when the success rate over the
 //!   last 10 s falls below 0.8 with at least 5 requests (Finagle's success-rate failure accrual),
@@ -91,7 +91,7 @@ use crate::classify::{
 };
 
 /// Success-rate failure accrual. `Default`: threshold 0.8 over 10 s, at least 5 requests
-/// (DESIGN.md), judged once the window has been observed for at least 1 s.
+/// (docs/design.md), judged once the window has been observed for at least 1 s.
 ///
 /// ## Why a minimum observation time
 ///
@@ -134,7 +134,7 @@ impl Default for SuccessRate {
     }
 }
 
-/// Configuration of the breaker. `Default` = DESIGN.md's values.
+/// Configuration of the breaker. `Default` = docs/design.md's values.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BreakerConfig {
     /// Trip after this many consecutive failures (7, Linkerd 2); 0 turns this rule off.

@@ -22,7 +22,7 @@
 //! debug level, and counted in [`DeadlineStats::malformed`].
 //!
 //! Why a typed extension and not a `tower::timeout`: the deadline must be visible to the layers
-//! below (a retry must not start when too little time is left — DESIGN.md) and must travel to the
+//! below (a retry must not start when too little time is left — docs/design.md) and must travel to the
 //! next hop; Linkerd 2 carries it the same way.
 //!
 //! ```

@@ -12,7 +12,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// Upper bounds of the latency buckets, in seconds: 1 ms to 10 s in 1-2.5-5 steps (the `+Inf`
-/// bucket is implicit). These are the buckets the issue asks for and match the range Linkerd's
+/// bucket is implicit). These buckets match the range Linkerd's
 /// `response_latency_ms` histogram covers.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

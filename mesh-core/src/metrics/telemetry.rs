@@ -12,7 +12,7 @@ use crate::trace::{ClientSpan, ClientSpanLayer, ServerSpan, ServerSpanLayer, Tra
 
 /// The registry with the four golden-metric scopes registered, the stat windows, the service
 /// graph and the tracing handle, plus the per-target layers put together in the order
-/// DESIGN.md's stack diagram gives. Cloning shares everything.
+/// docs/design.md's stack diagram gives. Cloning shares everything.
 ///
 /// ```
 /// use mesh_core::metrics::Telemetry;

@@ -3,7 +3,7 @@
 //! Each wait is drawn uniformly from `[base, 3 × previous wait]`, capped (the "decorrelated jitter"
 //! of the AWS architecture blog's *Exponential Backoff and Jitter*): the waits grow roughly
 //! exponentially while retries from many clients spread out instead of arriving in waves. Base 25 ms
-//! (DESIGN.md, after Linkerd/Finagle's jittered backoffs); cap 1 s by default (our choice: a retry
+//! (docs/design.md, after Linkerd/Finagle's jittered backoffs); cap 1 s by default (our choice: a retry
 //! later than that rarely fits in a request's deadline).
 
 use rand::Rng;

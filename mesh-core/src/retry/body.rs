@@ -2,7 +2,7 @@
 //!
 //! A retry or a hedge resends the request, so its body must still be there. [`ReplayBody::prepare`]
 //! buffers a body before the first attempt when it is known to be small: empty, its `size_hint`
-//! upper bound, or its `Content-Length`, at most the limit (64 KiB by default, DESIGN.md). Such a
+//! upper bound, or its `Content-Length`, at most the limit (64 KiB by default, docs/design.md). Such a
 //! body is held as one [`Bytes`] (plus trailers) and every attempt gets a cheap clone. A body of
 //! unknown size is buffered as far as its frames are ready at once, up to the limit: a unary gRPC
 //! request (tonic encodes it in one go, without a length) becomes replayable, while a body that

@@ -6,7 +6,7 @@
 //! - the body was buffered ([`ReplayBody`]; ≤ 64 KiB by default) — a streaming body goes once;
 //! - the [`Budget`] has a retry to spend (Finagle's 20 % + 10/s over 10 s; see [`budget`]);
 //! - the request's [`Deadline`], if any, leaves more time than the endpoint set's median latency
-//!   plus the backoff wait (DESIGN.md: no retry starts when it cannot finish in time);
+//!   plus the backoff wait (docs/design.md: no retry starts when it cannot finish in time);
 //! - fewer than [`RetryConfig::max_retries`] retries were made (a guard against loops; the budget
 //!   is the real limit);
 //! - the request does not carry the [`NoRetry`] extension.

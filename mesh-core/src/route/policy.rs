@@ -10,7 +10,7 @@ use crate::hedge::{HedgeDelay, NoHedge};
 use crate::retry::{Budget, BudgetConfig, NoRetry};
 
 /// What the resilience layers should do for requests on one route. Every field is optional: `None`
-/// means "use the layer's own default" (DESIGN.md "Resilience"), so an empty policy changes nothing.
+/// means "use the layer's own default" (docs/design.md "Resilience"), so an empty policy changes nothing.
 ///
 /// The router puts the chosen route's policy into the request extensions (inside
 /// [`RouteTarget`](super::RouteTarget)), and with it the extensions each layer reads (made once
