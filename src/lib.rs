@@ -12,6 +12,8 @@
 //! | [`balance`] | `mesh-balance` | power of two choices over peak-EWMA cost |
 //! | [`core`] | `mesh-core` | the request path layers |
 //! | [`tls`] | `mesh-tls` | mutual TLS (feature `tls`, on by default) |
+//! | [`config`] | — | one TOML file for a proxy or an embedding program (feature `config`, on by default) |
+//! | [`admin`] | — | the admin server: metrics, readiness, stat, graph, delegator, config (feature `admin`, on by default) |
 //!
 //! # A balanced hyper client
 //!
@@ -75,8 +77,12 @@
 //! — the message does not repeat it. Print the whole chain (for example with `anyhow`'s `{:#}`)
 //! to see each cause once.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod body;
 pub mod client;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod connect;
 pub mod respond;
 pub mod routing;

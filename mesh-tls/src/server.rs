@@ -490,7 +490,7 @@ where
         peer,
     };
     builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
         .map_err(|source| TlsError::Serve { source })
 }
