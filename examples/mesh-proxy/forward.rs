@@ -47,6 +47,8 @@ impl Service<Request<Incoming>> for Forward {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(self.in_flight.clone());
         let upgrade = strip_hop_by_hop(&mut req).then(|| hyper::upgrade::on(&mut req));
+        // The version is per connection: the client picks HTTP/1.1 or HTTP/2 for the endpoint.
+        *req.version_mut() = http::Version::HTTP_11;
         // `load` is a few atomic operations; the routed client clone is a handful of Arc bumps.
         let mut client = RoutedClient::clone(&self.client.load());
         ResponseFuture {
