@@ -967,10 +967,18 @@ impl Config {
         Ok(Some(builder.client(move |d| template(d)).build()?))
     }
 
-    /// The inbound server's layers: mTLS in the file's mode and authorization (feature `tls`).
+    /// Connection limits of the listeners, with the file's drain bound.
+    pub fn server_limits(&self) -> mesh_server::ServerConfig {
+        let mut limits = mesh_server::ServerConfig::default();
+        limits.drain_timeout = self.drain_timeout;
+        limits
+    }
+
+    /// The inbound server's layers: mTLS in the file's mode and authorization (feature `tls`),
+    /// and the file's drain bound.
     pub fn server(&self) -> Result<ServerBuilder, BuildError> {
         #[allow(unused_mut)]
-        let mut server = crate::server();
+        let mut server = crate::server().limits(self.server_limits());
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let credentials = mesh_tls::Credentials::from_files(&tls.paths)?;

@@ -20,7 +20,6 @@ mod reload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,7 +229,6 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     let telemetry =
         Telemetry::new(Default::default(), Tracing::disabled()).map_err(|e| e.to_string())?;
     let credentials = config.credentials().map_err(|e| e.to_string())?;
-    let in_flight = Arc::new(AtomicUsize::new(0));
     let admin = Admin::new(telemetry.clone());
     let (outbound, inbound) = clients(&telemetry, &credentials, &config)?;
     let proxy = Proxy {
@@ -238,8 +236,8 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         telemetry: telemetry.clone(),
         admin: admin.clone(),
         credentials,
-        outbound: Forward::new(outbound, in_flight.clone()),
-        inbound: inbound.map(|c| Forward::new(c, in_flight.clone())),
+        outbound: Forward::new(outbound),
+        inbound: inbound.map(Forward::new),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -252,7 +250,9 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     let mut tasks = Vec::new();
     let listener = bind("outbound", config.outbound_listen).await?;
     tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "outbound listening");
-    let server = meshwork::server().telemetry(telemetry.clone(), "outbound");
+    let server = meshwork::server()
+        .limits(config.server_limits())
+        .telemetry(telemetry.clone(), "outbound");
     tasks.push(tokio::spawn(server.serve(
         listener,
         proxy.outbound.clone(),
@@ -292,23 +292,18 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break "SIGINT",
         }
     };
-    // Drain: stop accepting, let requests in flight finish within the bound, then exit.
-    tracing::info!(%signal, in_flight = in_flight.load(Ordering::Acquire), ?drain, "draining");
+    // Drain: stop accepting; each listener lets its requests in flight finish within the bound.
+    tracing::info!(%signal, ?drain, "draining");
     admin.set_ready(false);
     let _ = stop_tx.send(true);
     for task in tasks {
-        let _ = task.await;
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "listener failed"),
+            Err(error) => tracing::warn!(%error, "listener task failed"),
+        }
     }
-    let deadline = tokio::time::Instant::now() + drain;
-    while in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let left = in_flight.load(Ordering::Acquire);
-    if left > 0 {
-        tracing::warn!(left, "drain bound reached with requests in flight");
-    } else {
-        tracing::info!("drained");
-    }
+    tracing::info!("drained");
     admin_task.abort();
     Ok(())
 }
