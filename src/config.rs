@@ -25,12 +25,14 @@
 //! listen = "127.0.0.1:4140"        # the HTTP proxy the local app uses (http_proxy=...)
 //! dtab = "/svc => /srv;"           # base delegation table (Linkerd 1 syntax)
 //! trust_overrides = false          # honour l5d-dtab / l5d-ctx-dtab from the local app (default false)
+//! protocol = "auto"                # to endpoints: auto (each request's own version), http1, h2
 //!
 //! [inbound]
 //! listen = "0.0.0.0:4143"          # where peer proxies connect (mTLS per [tls])
 //! app = "127.0.0.1:8080"           # the local application; no app: no inbound listener
 //! dtab = ""                         # extra rules after the built-in "/inbound => /app;"
 //! trust_overrides = true           # honour overrides from callers with a verified identity
+//! app_protocol = "auto"            # to the app: auto, http1, h2
 //!
 //! [admin]
 //! listen = "0.0.0.0:9990"          # /metrics /ready /live /stat /graph.json /delegator /config
@@ -66,6 +68,7 @@
 //! classification = "retryable-idempotent-5xx"  # or retryable-read-5xx, non-retryable-5xx, all-successful, grpc
 //! retry_budget = { ttl = "10s", min_retries_per_sec = 10, percent_can_retry = 0.2 }
 //! hedge = { percentile = 0.95, max_hedges = 1 }   # or { delay = "50ms" }
+//! protocol = "auto"                # to the endpoints: auto (the request's own), http1, h2
 //! ```
 //!
 //! Unknown keys are errors (a misspelt key must not silently keep a default).
@@ -99,8 +102,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mesh_core::dtab::Dtab;
 use mesh_core::route::{
-    Backend, BudgetOverride, Classification, HedgePolicy, OverrideTrust, Route, RouteBuilder,
-    RoutePolicy, RouteRetry, RouteTable,
+    Backend, BudgetOverride, Classification, HedgePolicy, OverrideTrust, Protocol, Route,
+    RouteBuilder, RoutePolicy, RouteRetry, RouteTable,
 };
 use mesh_core::shed::ShedConfig;
 use mesh_discovery::{Discovery, DnsConfig, Endpoint, FileConfig};
@@ -158,8 +161,8 @@ pub struct OutboundFile {
     pub dtab: Option<Spanned<String>>,
     /// Honour `l5d-dtab` / `l5d-ctx-dtab` from the local application (default false).
     pub trust_overrides: bool,
-    /// Protocol to plaintext endpoints: `"http1"` (default) or `"h2"` (prior knowledge). Over
-    /// mTLS the protocol is negotiated (ALPN).
+    /// Protocol to endpoints: `"auto"` (default: each request's own version), `"http1"` or
+    /// `"h2"` (prior knowledge in plaintext, ALPN `h2` over mTLS).
     pub protocol: Option<Spanned<String>>,
 }
 
@@ -175,7 +178,8 @@ pub struct InboundFile {
     pub dtab: Option<Spanned<String>>,
     /// Honour overrides from callers with a verified identity (default true).
     pub trust_overrides: Option<bool>,
-    /// Protocol to the local application: `"http1"` (default) or `"h2"` (gRPC apps).
+    /// Protocol to the local application: `"auto"` (default: each request's own version),
+    /// `"http1"` or `"h2"`.
     pub app_protocol: Option<Spanned<String>>,
 }
 
@@ -286,6 +290,8 @@ pub struct RouteFile {
     pub classification: Option<Spanned<String>>,
     /// Hedging.
     pub hedge: Option<HedgeFile>,
+    /// Protocol to the endpoints for this route (`"auto"`, `"http1"`, `"h2"`).
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// One member of a weighted split.
@@ -359,8 +365,8 @@ pub struct Inbound {
     pub dtab: Dtab,
     /// Whether verified peers may override the dtab.
     pub trust_overrides: bool,
-    /// Speak HTTP/2 (prior knowledge) to the application.
-    pub app_http2: bool,
+    /// The protocol to the application.
+    pub app_protocol: Protocol,
 }
 
 /// TLS settings.
@@ -386,8 +392,8 @@ pub struct Config {
     pub outbound_dtab: Dtab,
     /// Whether the local application may override the dtab.
     pub outbound_trust_overrides: bool,
-    /// Speak HTTP/2 (prior knowledge) to plaintext endpoints.
-    pub outbound_http2: bool,
+    /// The protocol to endpoints.
+    pub outbound_protocol: Protocol,
     /// Outbound routes, in order (validated as a table; [`Config::route_table`] builds one).
     pub routes: Vec<Route>,
     /// Services.
@@ -489,14 +495,18 @@ impl Checker<'_> {
         parse_duration(value.get_ref()).map_err(|reason| self.at(value.span(), reason))
     }
 
-    fn http2(&self, value: &Option<Spanned<String>>) -> Result<bool, ConfigError> {
-        match value.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
-            None | Some(("http1", _)) => Ok(false),
-            Some(("h2", _)) => Ok(true),
-            Some((other, span)) => Err(self.at(
-                span,
-                format!("unknown protocol {other:?}: expected \"http1\" or \"h2\""),
-            )),
+    fn protocol(&self, value: &Option<Spanned<String>>) -> Result<Protocol, ConfigError> {
+        match value {
+            None => Ok(Protocol::Auto),
+            Some(v) => Protocol::from_name(v.get_ref()).ok_or_else(|| {
+                self.at(
+                    v.span(),
+                    format!(
+                        "unknown protocol {:?}: expected \"auto\", \"http1\" or \"h2\"",
+                        v.get_ref()
+                    ),
+                )
+            }),
         }
     }
 
@@ -576,7 +586,7 @@ impl Config {
                     app: app_addr,
                     dtab: base.concat(&extra),
                     trust_overrides: raw.inbound.trust_overrides.unwrap_or(true),
-                    app_http2: c.http2(&raw.inbound.app_protocol)?,
+                    app_protocol: c.protocol(&raw.inbound.app_protocol)?,
                 })
             }
         };
@@ -648,7 +658,7 @@ impl Config {
             outbound_listen,
             outbound_dtab,
             outbound_trust_overrides: raw.outbound.trust_overrides,
-            outbound_http2: c.http2(&raw.outbound.protocol)?,
+            outbound_protocol: c.protocol(&raw.outbound.protocol)?,
             routes,
             services,
             inbound,
@@ -813,6 +823,9 @@ impl Config {
                 p.max_hedges = n;
             }
             policy.hedge = Some(p);
+        }
+        if r.protocol.is_some() {
+            policy.protocol = Some(c.protocol(&r.protocol)?);
         }
         policy.validate().map_err(|e| at_name(&e))?;
         b.policy(policy).build().map_err(|e| at_name(&e))

@@ -41,8 +41,6 @@ impl Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
         let upgrade = strip_hop_by_hop(&mut req).then(|| hyper::upgrade::on(&mut req));
-        // The version is per connection: the client picks HTTP/1.1 or HTTP/2 for the endpoint.
-        *req.version_mut() = http::Version::HTTP_11;
         // `load` is a few atomic operations; the routed client clone is a handful of Arc bumps.
         let mut client = RoutedClient::clone(&self.client.load());
         ResponseFuture {

@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use meshwork::admin::Admin;
 use meshwork::config::{ClientTemplate, Config};
 use meshwork::core::metrics::Telemetry;
+use meshwork::core::route::Protocol;
 use meshwork::core::trace::Tracing;
 use meshwork::RoutedClient;
 use tokio::net::TcpListener;
@@ -173,7 +174,7 @@ pub(crate) fn template(
     telemetry: &Telemetry,
     credentials: &Option<meshwork::tls::Credentials>,
     config: &Config,
-    http2: bool,
+    protocol: Protocol,
 ) -> ClientTemplate {
     let (telemetry, credentials) = (telemetry.clone(), credentials.clone());
     let (shed, cap, connect) = (
@@ -182,13 +183,8 @@ pub(crate) fn template(
         config.connect_timeout,
     );
     Arc::new(move |discovery| {
-        let mut hyper =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
-        hyper
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(http2);
         let mut b = meshwork::client(discovery)
-            .hyper(hyper)
+            .protocol(protocol)
             .telemetry(telemetry.clone())
             .shed(shed)
             .endpoint_concurrency(cap)
@@ -210,11 +206,14 @@ pub(crate) fn clients(
     c: &Config,
 ) -> Result<(RoutedClient<Incoming>, Option<RoutedClient<Incoming>>), String> {
     let outbound = c
-        .outbound(template(telemetry, credentials, c, c.outbound_http2))
+        .outbound(template(telemetry, credentials, c, c.outbound_protocol))
         .map_err(|e| format!("outbound: {e}"))?;
-    let http2 = c.inbound.as_ref().is_some_and(|i| i.app_http2);
+    let protocol = c
+        .inbound
+        .as_ref()
+        .map_or(Protocol::Auto, |i| i.app_protocol);
     let inbound = c
-        .inbound(template(telemetry, credentials, c, http2))
+        .inbound(template(telemetry, credentials, c, protocol))
         .map_err(|e| format!("inbound: {e}"))?;
     Ok((outbound, inbound))
 }

@@ -107,7 +107,7 @@ impl Reloader {
             tracing::warn!("listener addresses changed: they take effect at the next start");
         }
         let same_clients = new.same_services(old)
-            && new.outbound_http2 == old.outbound_http2
+            && new.outbound_protocol == old.outbound_protocol
             && new.outbound_trust_overrides == old.outbound_trust_overrides
             && new.shed == old.shed
             && new.endpoint_concurrency == old.endpoint_concurrency
@@ -115,11 +115,11 @@ impl Reloader {
             && new
                 .inbound
                 .as_ref()
-                .map(|i| (i.app, i.app_http2, i.trust_overrides))
+                .map(|i| (i.app, i.app_protocol, i.trust_overrides))
                 == old
                     .inbound
                     .as_ref()
-                    .map(|i| (i.app, i.app_http2, i.trust_overrides));
+                    .map(|i| (i.app, i.app_protocol, i.trust_overrides));
         if same_clients {
             // Keep the warm clients (pools, balancer estimates, breakers): swap the tables.
             let routing = p.outbound.client.load().routing().clone();

@@ -70,7 +70,7 @@ async fn grpc_through_two_proxies_keeps_trailers_and_shortens_grpc_timeout() {
     support::init_tracing();
     let certs = Certs::new();
     let (greeter, addr) = grpc::Greeter::start().await;
-    let (a, _b) = pair(&certs, addr, "app_protocol = \"h2\"").await;
+    let (a, _b) = pair(&certs, addr, "").await;
     let mut client = grpc::client(a.outbound).await;
 
     let reply = client
@@ -101,14 +101,11 @@ async fn grpc_through_two_proxies_keeps_trailers_and_shortens_grpc_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_echoes_through_the_proxy() {
+async fn websocket_upgrade_echoes_through_two_proxies() {
     support::init_tracing();
+    let certs = Certs::new();
     let app = harness::echo_upgrade_backend().await;
-    let a = Proxy::start(
-        "a",
-        &format!("[outbound]\ndtab = \"/svc => /srv;\"\n[[service]]\nname = \"/srv/world\"\nendpoints = [\"{app}\"]\n"),
-    )
-    .await;
+    let (a, _b) = pair(&certs, app, "").await;
 
     let mut tcp = tokio::net::TcpStream::connect(a.outbound)
         .await
