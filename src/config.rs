@@ -1021,12 +1021,7 @@ pub type ClientTemplate = std::sync::Arc<dyn Fn(Discovery) -> crate::ClientBuild
 fn verified_peers() -> OverrideTrust {
     #[cfg(feature = "tls")]
     {
-        OverrideTrust::custom(|_, ext| {
-            matches!(
-                ext.get::<mesh_tls::PeerIdentity>(),
-                Some(mesh_tls::PeerIdentity(Some(_)))
-            )
-        })
+        OverrideTrust::with_extension::<mesh_tls::PeerIdentity>()
     }
     #[cfg(not(feature = "tls"))]
     {
