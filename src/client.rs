@@ -31,7 +31,8 @@
 //! | hedging | off; when on, after the set's observed p95 | [`ClientBuilder::hedge`] |
 //! | shedding | 1,024 pending requests, 1,024 in flight (Envoy) | [`ClientBuilder::shed`] |
 //! | balancer | P2C peak-EWMA, 30 ms default RTT, 10 s decay, 3 s failfast | [`ClientBuilder::balance`] |
-//! | breaker | 7 consecutive failures or < 80 % success over 10 s; 1 s → 60 s ejection | [`ClientBuilder::breaker`] |
+//! | breaker | 7 consecutive failures or < 80 % success over 10 s; 1 s → 60 s ejection (500 ms probes while connections are refused) | [`ClientBuilder::breaker`] |
+//! | active health checks | off | [`ClientBuilder::health_check`] |
 //! | endpoint concurrency cap | 1,024 | [`ClientBuilder::endpoint_concurrency`] |
 //! | protocol | each request's own version: HTTP/2 (prior knowledge, or ALPN `h2` with TLS) for HTTP/2 requests, HTTP/1.1 for the others | [`ClientBuilder::protocol`], endpoint label `protocol`, route policy |
 //! | connect timeout | 1 s | [`ClientBuilder::connect_timeout`] |
@@ -77,7 +78,9 @@ use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_balance::Outcome;
 use mesh_balance::{Balance, Health, HealthState};
-use mesh_core::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerStats};
+use mesh_core::breaker::{
+    Breaker, BreakerConfig, BreakerLayer, BreakerStats, HealthCheck, HealthCheckConfig,
+};
 use mesh_core::classify::{Classifier, ErrorKind, GrpcClasses, ResponseClass, SharedClassify};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
 use mesh_core::hedge::AvoidEndpoint;
@@ -154,6 +157,7 @@ pub struct ClientBuilder {
     hedge: Option<HedgeConfig>,
     shed: ShedConfig,
     breaker: Option<BreakerConfig>,
+    health_check: Option<HealthCheckConfig>,
     endpoint_concurrency: usize,
     telemetry: Option<Telemetry>,
     #[cfg(feature = "tls")]
@@ -385,6 +389,7 @@ impl ClientBuilder {
             hedge: None,
             shed: ShedConfig::default(),
             breaker: Some(BreakerConfig::default()),
+            health_check: None,
             endpoint_concurrency: 1024,
             telemetry: None,
             #[cfg(feature = "tls")]
@@ -488,6 +493,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Active health checks per endpoint (TCP connect or HTTP GET, see [`HealthCheckConfig`]), or
+    /// `None` (the default): the breaker's passive checks find failed and restarted endpoints from
+    /// real traffic. Checks eject and restore endpoints through the same health handle.
+    pub fn health_check(mut self, config: Option<HealthCheckConfig>) -> Self {
+        self.health_check = config;
+        self
+    }
+
     /// Requests in flight to one endpoint at most; more fail at once with 503 (and are retried
     /// elsewhere, since they never reached the endpoint). Default 1,024.
     pub fn endpoint_concurrency(mut self, max: usize) -> Self {
@@ -576,6 +589,9 @@ impl ClientBuilder {
         if let Some(breaker) = &self.breaker {
             breaker.validate().map_err(|e| invalid("breaker", e))?;
         }
+        if let Some(check) = &self.health_check {
+            check.validate().map_err(|e| invalid("health check", e))?;
+        }
         if self.endpoint_concurrency == 0 {
             return Err(invalid(
                 "endpoint concurrency",
@@ -630,6 +646,7 @@ impl ClientBuilder {
         let mut hyper = self.hyper;
         hyper.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
         let new_endpoint = NewEndpoint {
+            health_check: self.health_check,
             hyper,
             protocol: self.protocol,
             connect_timeout: self.connect_timeout,
@@ -911,10 +928,13 @@ struct CachedEndpoint {
     identity: Option<String>,
     service: EndpointService,
     health: Health,
+    /// The endpoint's active health check, if configured; stops when the entry goes.
+    _check: Option<HealthCheck>,
 }
 
 /// Makes the per-endpoint services: hyper pool, concurrency cap, breaker.
 struct NewEndpoint {
+    health_check: Option<HealthCheckConfig>,
     hyper: legacy::Builder,
     protocol: Protocol,
     connect_timeout: Duration,
@@ -983,6 +1003,10 @@ impl NewEndpoint {
                 identity: endpoint.identity.clone(),
                 service: service.clone(),
                 health: health.clone(),
+                _check: self
+                    .health_check
+                    .clone()
+                    .map(|config| HealthCheck::spawn(endpoint.addr, config, health.clone())),
             },
         );
         Some((service, health))

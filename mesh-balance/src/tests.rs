@@ -768,3 +768,24 @@ async fn a_probe_answered_without_verdict_is_handed_back() {
         "a mesh-made answer is no verdict: another request may probe"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_found_in_the_trailers_is_charged_to_the_endpoint() {
+    let (lb, tx) = balancer(config());
+    let h = Health::new();
+    insert(&tx, 0, Endpoint::new(Backend::new(10)).health(h.clone()));
+    insert(&tx, 1, Endpoint::new(Backend::new(10)));
+    settle(&lb, 2).await;
+    let mut lb2 = lb.clone();
+    lb2.ready().await.unwrap().call(0).await.unwrap();
+    // The response head looked fine; its trailers said otherwise (reported by the breaker).
+    h.report_late_failure();
+    for i in 0..10 {
+        let _ = lb2.ready().await.unwrap().call(i).await;
+    }
+    assert!(
+        lb.endpoints()[0].rtt_estimate >= Duration::from_millis(100),
+        "charged like a failed response: {:?}",
+        lb.endpoints()[0]
+    );
+}

@@ -35,6 +35,12 @@
 //! - "No verdict" while probing hands the probe back ([`Health::cancel_probe`]): another request
 //!   probes, so an endpoint never stays [`Probing`](mesh_balance::HealthState::Probing) forever.
 //!
+//! ## Active health checks
+//!
+//! Optional, off by default: [`HealthCheck`] connects (TCP) or sends `GET path` (HTTP) every
+//! interval and ejects or restores the endpoint through the same [`Health`] handle, with
+//! HAProxy-style thresholds ([`HealthCheckConfig`]).
+//!
 //! ## Refused connections
 //!
 //! An endpoint ejected while its connections are refused (the process is down or restarting) is
@@ -71,7 +77,10 @@
 //! # }
 //! ```
 
+mod check;
 mod task;
+
+pub use check::{CheckKind, HealthCheck, HealthCheckConfig, HealthCheckConfigError};
 
 use http::{Request, Response};
 use mesh_balance::Health;

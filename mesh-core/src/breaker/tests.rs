@@ -279,6 +279,8 @@ async fn grpc_status_in_trailers_is_reported_at_the_end_of_the_body() {
     b.into_body().collect().await.unwrap();
     settle().await;
     assert_eq!(health.state(), HealthState::Ejected);
+    // The same verdict reaches the balancer's cost (one classification for both).
+    assert_eq!(health.take_late_failures(), 2);
 }
 
 #[tokio::test(start_paused = true)]
