@@ -85,7 +85,7 @@ use mesh_core::classify::{Classifier, ErrorKind, GrpcClasses, ResponseClass, Sha
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
 use mesh_core::hedge::AvoidEndpoint;
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
-use mesh_core::metrics::{names, CallbackHandle, MetricsError, Telemetry};
+use mesh_core::metrics::{names, CallbackHandle, MetricsError, NameClaim, Telemetry};
 use mesh_core::retry::{Budget, BudgetConfig, ReplayBody, Retry, RetryConfig, RetryStats};
 use mesh_core::shed::{ConcurrencyCap, Shed, ShedConfig, ShedStats};
 use mesh_core::stat::StatConfig;
@@ -150,6 +150,8 @@ pub struct ClientBuilder {
     authority: Option<Authority>,
     /// Why the last [`ClientBuilder::authority`] was rejected, reported by `build`.
     invalid_authority: Option<String>,
+    /// The name in the client's metrics (`route`, `backend` labels); see [`ClientBuilder::name`].
+    name: Option<String>,
     classify: Classifier,
     deadline: DeadlineConfig,
     retry: Option<RetryConfig>,
@@ -203,8 +205,9 @@ pub struct Client<B> {
     discovery: Discovery,
     stats: ClientStats,
     telemetry: Telemetry,
-    /// Keeps the scrape-time counters registered while any clone of the client lives.
-    _callbacks: Arc<Vec<CallbackHandle>>,
+    /// Keeps the scrape-time counters registered, and the client's name claimed in the registry,
+    /// while any clone of the client lives.
+    _callbacks: Arc<(Vec<CallbackHandle>, NameClaim)>,
 }
 
 /// Why a [`Client`] could not be built.
@@ -382,6 +385,7 @@ impl ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authority: None,
             invalid_authority: None,
+            name: None,
             classify: Classifier::default(),
             deadline: DeadlineConfig::default(),
             retry: Some(RetryConfig::default()),
@@ -442,6 +446,15 @@ impl ClientBuilder {
             }
             Err(error) => self.invalid_authority = Some(error.to_string()),
         }
+        self
+    }
+
+    /// The client's name in its metrics (the `route` and `backend` labels). Default: the
+    /// authority, else the discovery source's name (`static`, `file:PATH`, `dns:NAME`). Names are
+    /// unique per metrics registry: building a second client under a name in use fails with
+    /// [`BuildError::Metrics`] rather than merge the two clients' series.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -622,10 +635,14 @@ impl ClientBuilder {
                 }
             })?,
         };
-        let name = self
-            .authority
-            .as_ref()
-            .map_or_else(|| self.discovery.source().to_owned(), |a| a.to_string());
+        // The metrics' `route` / `backend` label: the name given, else the authority, else the
+        // discovery source. It must be unique per registry, or two clients' series would merge.
+        let name = match (&self.name, &self.authority) {
+            (Some(name), _) => name.clone(),
+            (None, Some(authority)) => authority.to_string(),
+            (None, None) => self.discovery.source().to_owned(),
+        };
+        let name_claim = telemetry.registry.claim_name(&format!("client/{name}"))?;
         let classify: SharedClassify = Arc::new(self.classify);
         let budget = Budget::new(self.budget).map_err(|e| BuildError::Config {
             layer: "retry budget",
@@ -731,11 +748,15 @@ impl ClientBuilder {
         let deadline_stats = DeadlineStats::default();
         let deadlines = Deadlines::layer(self.deadline, deadline_stats.clone());
         let route_metrics = telemetry.route("client", &name);
+        // A client is one route with one backend (itself); a router in front adds its own routes.
+        // Backend series sit where the stack diagram puts them: below deadlines, above retries.
+        let backend_metrics = telemetry.backend(&name, &name);
         let stack: Stack<B> = match self.retry {
             Some(_) => BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .layer(route_metrics)
                     .layer(deadlines)
+                    .layer(backend_metrics)
                     .layer(retry_layer)
                     .map_request(|req: http::Request<ReplayBody<B>>| req.map(boxed))
                     .service(below_retry),
@@ -744,6 +765,7 @@ impl ClientBuilder {
                 ServiceBuilder::new()
                     .layer(route_metrics)
                     .layer(deadlines)
+                    .layer(backend_metrics)
                     .map_request(|req: http::Request<B>| req.map(boxed))
                     .service(below_retry),
             ),
@@ -780,7 +802,7 @@ impl ClientBuilder {
             discovery: self.discovery,
             stats,
             telemetry,
-            _callbacks: Arc::new(callbacks),
+            _callbacks: Arc::new((callbacks, name_claim)),
         })
     }
 }

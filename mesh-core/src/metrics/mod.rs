@@ -33,13 +33,13 @@
 //! | `meshwork_route_retry_budget_exhausted_total` | counter | `route` | Retries refused because the budget was spent ([`names::ROUTE_BUDGET_EXHAUSTED`]). |
 //! | `meshwork_route_hedges_total` | counter | `route` | Hedged requests issued ([`names::ROUTE_HEDGES`]). |
 //! | `meshwork_route_deadline_expired_total` | counter | `route` | Requests failed because their deadline passed ([`names::ROUTE_DEADLINE_EXPIRED`]). |
-//! | `meshwork_endpoint_ejections_total` | counter | `backend`, `endpoint` | Times the breaker ejected the endpoint ([`names::ENDPOINT_EJECTIONS`]). |
+//! | `meshwork_endpoint_ejections_total` | counter | `backend` | Times the breaker ejected an endpoint of the backend ([`names::ENDPOINT_EJECTIONS`]). |
 //! | `meshwork_backend_endpoints` | gauge | `backend`, `state` (`available`, `ejected`, `probing`) | Endpoints by breaker state ([`names::BACKEND_ENDPOINTS`]). |
 //! | `meshwork_discovery_updates_total` | counter | `source` | Endpoint-set updates applied ([`names::DISCOVERY_UPDATES`]). |
 //! | `meshwork_discovery_errors_total` | counter | `source` | Discovery errors; the last good set is kept ([`names::DISCOVERY_ERRORS`]). |
 //! | `meshwork_discovery_healthy` | gauge | `source` | 1 when the source has read its input and is not failing now, else 0 (a DNS name that does not exist is 0) ([`names::DISCOVERY_HEALTHY`]). |
 //! | `meshwork_discovery_last_success_timestamp_seconds` | gauge | `source` | When the source last read its input successfully, in seconds since the Unix epoch; 0 before the first success ([`names::DISCOVERY_LAST_SUCCESS`]). |
-//! | `meshwork_tls_handshake_failures_total` | counter | `direction` (`client`, `server`), `reason` | Failed TLS handshakes ([`names::TLS_HANDSHAKE_FAILURES`]). |
+//! | `meshwork_tls_handshake_failures_total` | counter | `direction` (`outbound`), `backend`, `reason` | Failed TLS handshakes of a client's endpoint connections ([`names::TLS_HANDSHAKE_FAILURES`]). |
 //! | `meshwork_trace_spans_exported_total` | counter | | Spans handed to the OTLP exporter ([`crate::trace::Tracing::register_metrics`]). |
 //! | `meshwork_trace_spans_dropped_total` | counter | | Spans dropped because the export queue was full. |
 //!
@@ -99,7 +99,7 @@ pub use self::golden::{
     SourceFn, TargetLabels, TargetMetrics,
 };
 pub use self::histogram::{LatencyHistogram, LATENCY_BUCKETS_SECONDS};
-pub use self::registry::{CallbackHandle, MetricsRegistry};
+pub use self::registry::{CallbackHandle, MetricsRegistry, NameClaim};
 pub use self::serve::{serve_metrics, MetricsService, OPENMETRICS_CONTENT_TYPE};
 pub use self::telemetry::{Telemetry, TelemetryError};
 
@@ -115,7 +115,7 @@ pub mod names {
     pub const ROUTE_HEDGES: &str = "meshwork_route_hedges";
     /// Counter `{route}`: requests failed because their deadline passed.
     pub const ROUTE_DEADLINE_EXPIRED: &str = "meshwork_route_deadline_expired";
-    /// Counter `{backend, endpoint}`: breaker ejections.
+    /// Counter `{backend}`: breaker ejections.
     pub const ENDPOINT_EJECTIONS: &str = "meshwork_endpoint_ejections";
     /// Gauge `{backend, state}`: endpoints by breaker state.
     pub const BACKEND_ENDPOINTS: &str = "meshwork_backend_endpoints";
@@ -127,7 +127,7 @@ pub mod names {
     pub const DISCOVERY_HEALTHY: &str = "meshwork_discovery_healthy";
     /// Gauge `{source}`: Unix time of the discovery source's last successful read (0: never).
     pub const DISCOVERY_LAST_SUCCESS: &str = "meshwork_discovery_last_success_timestamp_seconds";
-    /// Counter `{direction, reason}`: failed TLS handshakes.
+    /// Counter `{direction, backend, reason}`: failed TLS handshakes.
     pub const TLS_HANDSHAKE_FAILURES: &str = "meshwork_tls_handshake_failures";
     /// Counter: spans handed to the OTLP exporter.
     pub const TRACE_SPANS_EXPORTED: &str = "meshwork_trace_spans_exported";
@@ -148,6 +148,13 @@ pub enum MetricsError {
         name: String,
         /// Byte offset of the first bad character.
         offset: usize,
+    },
+    /// Two targets recording into one registry claimed the same name
+    /// ([`MetricsRegistry::claim_name`]).
+    #[error("the name {name:?} is already used by another client of this registry; give each client its own name (an authority, or ClientBuilder::name)")]
+    NameTaken {
+        /// The name.
+        name: String,
     },
     /// A callback series was registered as a counter under a gauge's name, or the reverse.
     #[error("metric {name:?} is already registered with another type")]

@@ -29,6 +29,29 @@ pub struct MetricsRegistry {
 struct RegistryInner {
     registry: RwLock<Registry>,
     callbacks: Arc<CallbackCollector>,
+    /// Names of the targets (clients, servers) that record into this registry; see
+    /// [`MetricsRegistry::claim_name`].
+    claimed: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// Holds a target name claimed with [`MetricsRegistry::claim_name`]; dropping it frees the name.
+pub struct NameClaim {
+    claimed: Weak<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    name: String,
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        if let Some(claimed) = self.claimed.upgrade() {
+            claimed.lock().remove(&self.name);
+        }
+    }
+}
+
+impl fmt::Debug for NameClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("NameClaim").field(&self.name).finish()
+    }
 }
 
 /// The value read by a scrape-time callback.
@@ -76,6 +99,7 @@ impl MetricsRegistry {
             inner: Arc::new(RegistryInner {
                 registry: RwLock::new(registry),
                 callbacks,
+                claimed: Arc::default(),
             }),
         }
     }
@@ -175,6 +199,21 @@ impl MetricsRegistry {
             collector: Arc::downgrade(collector),
             name: name.to_string(),
             id,
+        })
+    }
+
+    /// Claims `name` (e.g. `client/web.shop`) for one target recording into this registry, so two
+    /// clients cannot both label their series `backend="static"` and merge them into one. Fails
+    /// with [`MetricsError::NameTaken`] while another claim on the name is held.
+    pub fn claim_name(&self, name: &str) -> Result<NameClaim, MetricsError> {
+        if !self.inner.claimed.lock().insert(name.to_owned()) {
+            return Err(MetricsError::NameTaken {
+                name: name.to_owned(),
+            });
+        }
+        Ok(NameClaim {
+            claimed: Arc::downgrade(&self.inner.claimed),
+            name: name.to_owned(),
         })
     }
 
