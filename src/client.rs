@@ -205,9 +205,27 @@ pub struct Client<B> {
     discovery: Discovery,
     stats: ClientStats,
     telemetry: Telemetry,
+    /// Endpoints discovery reported that the client left out (mTLS required, no usable expected
+    /// identity), named in the error when the balancer has nothing to send to.
+    left_out: LeftOut,
     /// Keeps the scrape-time counters registered, and the client's name claimed in the registry,
     /// while any clone of the client lives.
     _callbacks: Arc<(Vec<CallbackHandle>, NameClaim)>,
+}
+
+/// The addresses left out of the balancer because they cannot be dialed as required.
+type LeftOut = Arc<std::sync::Mutex<Vec<SocketAddr>>>;
+
+fn left_out_update(left_out: &LeftOut, addr: SocketAddr, out: bool) {
+    let mut list = left_out
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let present = list.contains(&addr);
+    if out && !present {
+        list.push(addr);
+    } else if !out && present {
+        list.retain(|a| *a != addr);
+    }
 }
 
 /// Why a [`Client`] could not be built.
@@ -245,6 +263,16 @@ pub enum Error {
     /// The balancer had no endpoint to send the request to.
     #[error(transparent)]
     Balance(mesh_balance::Error),
+    /// The balancer had no endpoint to send the request to, and these endpoints from discovery
+    /// were left out because mutual TLS is required and discovery gives no usable expected
+    /// identity for them.
+    #[error("{error}; left out because mutual TLS is required and discovery gives no usable expected identity: {endpoints:?}")]
+    LeftOut {
+        /// The balancer's error.
+        error: mesh_balance::Error,
+        /// The endpoints left out.
+        endpoints: Vec<SocketAddr>,
+    },
     /// The endpoint's connection failed, or the endpoint closed it mid-request.
     #[error("request to endpoint failed")]
     Http(#[source] legacy::Error),
@@ -683,13 +711,17 @@ impl ClientBuilder {
         // One endpoint service per address, kept while the address stays in the set and its
         // expected identity stays the same.
         let mut endpoints: HashMap<SocketAddr, CachedEndpoint> = HashMap::new();
+        let left_out = LeftOut::default();
+        let left_out_of_set = left_out.clone();
         let changes = self
             .discovery
             .changes()
             .filter_map(move |change| {
                 let change = match change {
                     Ok(Change::Insert(addr, endpoint)) => {
-                        match new_endpoint.get_or_make(&mut endpoints, &endpoint) {
+                        let made = new_endpoint.get_or_make(&mut endpoints, &endpoint);
+                        left_out_update(&left_out_of_set, addr, made.is_none());
+                        match made {
                             Some((service, health)) => Some(Ok(Change::Insert(
                                 addr,
                                 mesh_balance::Endpoint::new(service)
@@ -701,6 +733,7 @@ impl ClientBuilder {
                         }
                     }
                     Ok(Change::Remove(addr)) => {
+                        left_out_update(&left_out_of_set, addr, false);
                         endpoints.remove(&addr);
                         Some(Ok(Change::Remove(addr)))
                     }
@@ -802,6 +835,7 @@ impl ClientBuilder {
             discovery: self.discovery,
             stats,
             telemetry,
+            left_out,
             _callbacks: Arc::new((callbacks, name_claim)),
         })
     }
@@ -1149,6 +1183,7 @@ impl<B> Clone for Client<B> {
             discovery: self.discovery.clone(),
             stats: self.stats.clone(),
             telemetry: self.telemetry.clone(),
+            left_out: self.left_out.clone(),
             _callbacks: self._callbacks.clone(),
         }
     }
@@ -1181,7 +1216,11 @@ where
             return Box::pin(std::future::ready(Err(error)));
         }
         let fut = self.stack.call(req);
-        Box::pin(async move { fut.await.map_err(Error::from_boxed) })
+        let left_out = self.left_out.clone();
+        Box::pin(async move {
+            fut.await
+                .map_err(|e| Error::from_boxed(e).naming_left_out(&left_out))
+        })
     }
 }
 
@@ -1203,9 +1242,27 @@ impl Error {
         }
     }
 
+    /// Names the endpoints left out of the set when the balancer had none to send to.
+    fn naming_left_out(self, left_out: &LeftOut) -> Self {
+        match self {
+            Error::Balance(error) => {
+                let endpoints = left_out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                if endpoints.is_empty() {
+                    Error::Balance(error)
+                } else {
+                    Error::LeftOut { error, endpoints }
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Whether the mesh itself had no endpoint to send the request to.
     pub fn is_no_endpoints(&self) -> bool {
-        matches!(self, Error::Balance(_))
+        matches!(self, Error::Balance(_) | Error::LeftOut { .. })
     }
 }
 

@@ -109,6 +109,8 @@ async fn a_server_with_another_identity_is_refused() {
         text.contains("mismatch") || text.contains("Mismatch"),
         "{text}"
     );
+    // Another handshake would fail the same way: not retried.
+    assert_eq!(confused.stats().retry.retries(), 0);
 
     // ... and counted as a failed outbound handshake.
     let metrics = confused.telemetry().registry.encode().expect("encode");
@@ -140,6 +142,13 @@ async fn endpoints_without_an_identity_are_never_dialed_in_plaintext() {
     let client = client(&ca, HELLO, Endpoint::new(addr));
     let err = client.request(get()).await.expect_err("no usable endpoint");
     assert!(err.is_no_endpoints(), "{err}");
+    // The error says why the set is empty, not only a log line; and nothing was retried.
+    let text = err.to_string();
+    assert!(
+        text.contains("identity") && text.contains(&addr.to_string()),
+        "{text}"
+    );
+    assert_eq!(client.stats().retry.retries(), 0);
 }
 
 #[tokio::test]
