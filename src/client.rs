@@ -102,6 +102,13 @@ use mesh_core::route::Protocol;
 /// The per-endpoint service the balancer chooses among: breaker ─▶ cap ─▶ hyper pool.
 type EndpointService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
 
+/// What carries a request to one endpoint, below the per-endpoint layers: the hyper pools by
+/// default, or what [`ClientBuilder::transport`] makes.
+pub type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+
+/// Makes an endpoint's [`Transport`].
+type MakeTransport = Arc<dyn Fn(&mesh_discovery::Endpoint) -> Transport + Send + Sync>;
+
 /// The whole client stack, type-erased so layers can be switched on and off.
 type Stack<B> = BoxCloneSyncService<http::Request<B>, http::Response<Body>, BoxError>;
 
@@ -143,6 +150,7 @@ pub fn grpc(discovery: Discovery) -> ClientBuilder {
 /// Builds a [`Client`]. Every setting has a production default (see [the module docs](self)).
 pub struct ClientBuilder {
     discovery: Discovery,
+    transport: Option<MakeTransport>,
     balance: mesh_balance::Config,
     hyper: legacy::Builder,
     protocol: Protocol,
@@ -407,6 +415,7 @@ impl ClientBuilder {
             .http2_keep_alive_timeout(Duration::from_secs(20));
         Self {
             discovery,
+            transport: None,
             balance: mesh_balance::Config::default(),
             hyper,
             protocol: Protocol::Auto,
@@ -450,6 +459,18 @@ impl ClientBuilder {
     /// extension override it, in that order.
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
+        self
+    }
+
+    /// Carries requests to each endpoint with what `make` returns for it instead of meshwork's
+    /// connection pools (connect timeout, TLS, protocol and hyper settings then do not apply):
+    /// an in-memory transport for tests and benchmarks, or a transport of your own. Every layer
+    /// above it (per-endpoint metrics, cap, breaker, balancer, retries, ...) stays.
+    pub fn transport(
+        mut self,
+        make: impl Fn(&mesh_discovery::Endpoint) -> Transport + Send + Sync + 'static,
+    ) -> Self {
+        self.transport = Some(Arc::new(make));
         self
     }
 
@@ -692,6 +713,7 @@ impl ClientBuilder {
         hyper.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
         let new_endpoint = NewEndpoint {
             health_check: self.health_check,
+            transport: self.transport,
             hyper,
             protocol: self.protocol,
             connect_timeout: self.connect_timeout,
@@ -991,6 +1013,7 @@ struct CachedEndpoint {
 /// Makes the per-endpoint services: hyper pool, concurrency cap, breaker.
 struct NewEndpoint {
     health_check: Option<HealthCheckConfig>,
+    transport: Option<MakeTransport>,
     hyper: legacy::Builder,
     protocol: Protocol,
     connect_timeout: Duration,
@@ -1026,22 +1049,31 @@ impl NewEndpoint {
             // (and tells the balancer); otherwise the insert below replaces it.
             tracing::debug!(endpoint = %endpoint.addr, old = ?found.identity, new = ?endpoint.identity, "expected identity changed; rebuilding the endpoint's service");
         }
-        let connector = self.connector(endpoint)?;
         let health = Health::new();
-        let protocol = endpoint
-            .labels
-            .get("protocol")
-            .and_then(|name| Protocol::from_name(name))
-            .unwrap_or(self.protocol);
-        let client = EndpointClient::new(&self.hyper, connector, protocol);
+        let transport: Transport = match &self.transport {
+            Some(make) => make(endpoint),
+            None => {
+                let connector = self.connector(endpoint)?;
+                let protocol = endpoint
+                    .labels
+                    .get("protocol")
+                    .and_then(|name| Protocol::from_name(name))
+                    .unwrap_or(self.protocol);
+                let client = EndpointClient::new(&self.hyper, connector, protocol);
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .map_response(|rsp: http::Response<hyper::body::Incoming>| rsp.map(boxed))
+                        .map_err(BoxError::from)
+                        .service(client),
+                )
+            }
+        };
         let pool = ServiceBuilder::new()
             .layer(
                 self.telemetry
                     .endpoint(&self.name, &endpoint.addr.to_string()),
             )
-            .map_response(|rsp: http::Response<hyper::body::Incoming>| rsp.map(boxed))
-            .map_err(BoxError::from)
-            .service(client);
+            .service(transport);
         let capped = ConcurrencyCap::layer(self.cap)
             .with_stats(self.shed_stats.clone())
             .layer(pool);
