@@ -466,10 +466,18 @@ where
         let result = ready!(this.inner.poll(cx));
         let latency = this.start.elapsed();
         let (class, status) = match &result {
-            Ok(rsp) => (
-                (this.handles.classify)(rsp.status(), rsp.headers()),
-                Some(rsp.status().as_u16()),
-            ),
+            // The verdict the endpoint's breaker gave with the request's (route's) classifier, so
+            // metrics agree with the breaker, balancer and retries; else the hook.
+            Ok(rsp) => match rsp.extensions().get::<crate::classify::ResponseClass>() {
+                Some(crate::classify::ResponseClass(c)) if c.is_success() => {
+                    (Classification::Success, Some(rsp.status().as_u16()))
+                }
+                Some(_) => (Classification::Failure, Some(rsp.status().as_u16())),
+                None => (
+                    (this.handles.classify)(rsp.status(), rsp.headers()),
+                    Some(rsp.status().as_u16()),
+                ),
+            },
             Err(_) => (Classification::Failure, None),
         };
         let handles = &**this.handles;

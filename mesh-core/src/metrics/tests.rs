@@ -339,3 +339,31 @@ async fn telemetry_bundle_wires_every_scope() {
     assert_eq!(edges["edges"][1]["destination"], "authors");
     assert_eq!(edges["edges"][1]["failures"], 1);
 }
+
+#[tokio::test]
+async fn metrics_count_the_class_the_breaker_gave_with_the_routes_classifier() {
+    use crate::classify::{Class, ResponseClass};
+    let registry = MetricsRegistry::new();
+    let families = HttpMetricFamilies::register(&registry, Scope::Route);
+    let target = TargetLabels::route("r");
+    // A route classifying every response as a success (all-successful): a 503 the breaker judged
+    // a success is one here too; a 200 it judged a failure is a failure.
+    let mut svc = HttpMetrics::layer(families.target(&target), classify_default).layer(service_fn(
+        |req: Request<()>| async move {
+            let mut rsp = respond(req).await?;
+            let class = if rsp.status() == StatusCode::OK {
+                Class::Failure
+            } else {
+                Class::Success
+            };
+            rsp.extensions_mut().insert(ResponseClass(class));
+            Ok::<_, &'static str>(rsp)
+        },
+    ));
+    for path in ["/503", "/200"] {
+        svc.ready().await.unwrap().call(get(path)).await.unwrap();
+    }
+    let handles = families.target(&target);
+    assert_eq!(handles.responses(Classification::Success, Some(503)), 1);
+    assert_eq!(handles.responses(Classification::Failure, Some(200)), 1);
+}
