@@ -741,6 +741,7 @@ impl ClientBuilder {
             .filter_map(move |change| {
                 let change = match change {
                     Ok(Change::Insert(addr, endpoint)) => {
+                        let known = endpoints.contains_key(&addr);
                         let made = new_endpoint.get_or_make(&mut endpoints, &endpoint);
                         left_out_update(&left_out_of_set, addr, made.is_none());
                         match made {
@@ -751,7 +752,10 @@ impl ClientBuilder {
                                     .health(health),
                             ))),
                             // Unusable (e.g. mTLS required but no identity): leave it out.
-                            None => endpoints.remove(&addr).map(|_| Ok(Change::Remove(addr))),
+                            None => {
+                                endpoints.remove(&addr);
+                                known.then_some(Ok(Change::Remove(addr)))
+                            }
                         }
                     }
                     Ok(Change::Remove(addr)) => {
@@ -1008,6 +1012,15 @@ struct CachedEndpoint {
     health: Health,
     /// The endpoint's active health check, if configured; stops when the entry goes.
     _check: Option<HealthCheck>,
+    /// The endpoint's metric series, removed from the exposition when the entry goes.
+    series: mesh_core::metrics::TargetMetrics,
+}
+
+impl Drop for CachedEndpoint {
+    fn drop(&mut self) {
+        // Series follow the live set: pod churn must not grow the exposition forever.
+        self.series.remove();
+    }
 }
 
 /// Makes the per-endpoint services: hyper pool, concurrency cap, breaker.
@@ -1045,9 +1058,10 @@ impl NewEndpoint {
             if found.identity == endpoint.identity {
                 return Some((found.service.clone(), found.health.clone()));
             }
-            // Left in the cache: if no new service can be made, the caller removes the address
-            // (and tells the balancer); otherwise the insert below replaces it.
             tracing::debug!(endpoint = %endpoint.addr, old = ?found.identity, new = ?endpoint.identity, "expected identity changed; rebuilding the endpoint's service");
+            // Dropped before the new one is made, so removing its series cannot remove the new
+            // service's (same labels). The caller tells the balancer if no new one can be made.
+            cache.remove(&endpoint.addr);
         }
         let health = Health::new();
         let transport: Transport = match &self.transport {
@@ -1068,12 +1082,10 @@ impl NewEndpoint {
                 )
             }
         };
-        let pool = ServiceBuilder::new()
-            .layer(
-                self.telemetry
-                    .endpoint(&self.name, &endpoint.addr.to_string()),
-            )
-            .service(transport);
+        let (metrics, series) = self
+            .telemetry
+            .endpoint_with_series(&self.name, &endpoint.addr.to_string());
+        let pool = ServiceBuilder::new().layer(metrics).service(transport);
         let capped = ConcurrencyCap::layer(self.cap)
             .with_stats(self.shed_stats.clone())
             .layer(pool);
@@ -1095,6 +1107,7 @@ impl NewEndpoint {
                     .health_check
                     .clone()
                     .map(|config| HealthCheck::spawn(endpoint.addr, config, health.clone())),
+                series,
             },
         );
         Some((service, health))

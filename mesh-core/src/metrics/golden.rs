@@ -76,6 +76,9 @@ pub struct TargetMetrics {
     requests: Counter,
     latency: LatencyHistogram,
     responses: Arc<ResponseCache>,
+    /// The families, to remove this target's series when it goes away.
+    requests_family: Family<TargetLabels, Counter>,
+    latency_family: Family<TargetLabels, LatencyHistogram>,
 }
 
 /// Per-target cache of `*_responses_total` children: a handful of (status, classification) pairs
@@ -85,6 +88,11 @@ struct ResponseCache {
     family: Family<ResponseLabels, Counter>,
     target: TargetLabels,
     slots: [OnceLock<(u32, Counter)>; RESPONSE_SLOTS],
+    /// Statuses recorded beyond the slots (rare), so [`TargetMetrics::remove`] finds them.
+    overflow: parking_lot::Mutex<Vec<(Classification, Option<u16>)>>,
+    /// Set by [`TargetMetrics::remove`]: a response still in flight then must not create its
+    /// series again (it would stay in the exposition forever).
+    removed: std::sync::atomic::AtomicBool,
 }
 
 const RESPONSE_SLOTS: usize = 8;
@@ -246,7 +254,11 @@ impl HttpMetricFamilies {
                 family: self.responses.clone(),
                 target: labels.clone(),
                 slots: Default::default(),
+                overflow: parking_lot::Mutex::default(),
+                removed: std::sync::atomic::AtomicBool::new(false),
             }),
+            requests_family: self.requests.clone(),
+            latency_family: self.latency.clone(),
         }
     }
 }
@@ -262,6 +274,37 @@ impl TargetMetrics {
     /// The target's latency histogram.
     pub fn latency(&self) -> &LatencyHistogram {
         &self.latency
+    }
+
+    /// Removes this target's series from the exposition (an endpoint that left discovery), so
+    /// the number of series follows the live set rather than every endpoint ever seen. Requests
+    /// still in flight record into handles no longer exported. A target made again later starts
+    /// from zero.
+    pub fn remove(&self) {
+        let target = &self.responses.target;
+        // Under the overflow lock, so no response creates a series between the flag and the
+        // removals below.
+        let overflow = self.responses.overflow.lock();
+        self.responses
+            .removed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.requests_family.remove(target);
+        self.latency_family.remove(target);
+        let cache = &self.responses;
+        for slot in &cache.slots {
+            if let Some((key, _)) = slot.get() {
+                let classification = if key & 1 == 1 {
+                    Classification::Failure
+                } else {
+                    Classification::Success
+                };
+                let status = u16::try_from(key >> 1).ok().filter(|s| *s != 0);
+                cache.family.remove(&cache.labels(classification, status));
+            }
+        }
+        for (classification, status) in overflow.iter() {
+            cache.family.remove(&cache.labels(*classification, *status));
+        }
     }
 
     /// Responses counted so far with this classification and status (`None`: no response).
@@ -296,6 +339,11 @@ impl ResponseCache {
                 }
                 Some(_) => continue,
                 None => {
+                    // First response with this status: rare, so the lock costs nothing.
+                    let _guard = self.overflow.lock();
+                    if self.removed.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
                     let counter = self
                         .family
                         .get_or_create_owned(&self.labels(classification, status));
@@ -305,6 +353,13 @@ impl ResponseCache {
                     return;
                 }
             }
+        }
+        let mut overflow = self.overflow.lock();
+        if self.removed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if !overflow.contains(&(classification, status)) {
+            overflow.push((classification, status));
         }
         self.family
             .get_or_create(&self.labels(classification, status))
@@ -351,6 +406,11 @@ impl NewHttpMetrics {
 // === impl HttpMetricsLayer ===
 
 impl HttpMetricsLayer {
+    /// The target's metric handles (to read them, or to [`TargetMetrics::remove`] its series).
+    pub fn metrics(&self) -> &TargetMetrics {
+        &self.handles.metrics
+    }
+
     fn handles_mut(&mut self) -> &mut Handles {
         // Builder methods run before the layer is cloned into services, so this rarely copies.
         Arc::make_mut(&mut self.handles)

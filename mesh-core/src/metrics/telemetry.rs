@@ -4,6 +4,7 @@ use tower::layer::util::Stack;
 
 use super::golden::{
     HttpMetricFamilies, HttpMetricsLayer, NewHttpMetrics, Scope, SourceFn, TargetLabels,
+    TargetMetrics,
 };
 use super::{MetricsError, MetricsRegistry};
 use crate::graph::ServiceGraph;
@@ -108,6 +109,23 @@ impl Telemetry {
             .endpoint
             .layer_for(&TargetLabels::endpoint(backend, endpoint));
         Stack::new(ClientSpan::layer(self.tracing.clone()), metrics)
+    }
+
+    /// [`Telemetry::endpoint`], plus the endpoint's metric handles, to remove its series with
+    /// [`TargetMetrics::remove`] when the endpoint leaves.
+    pub fn endpoint_with_series(
+        &self,
+        backend: &str,
+        endpoint: &str,
+    ) -> (Stack<ClientSpanLayer, HttpMetricsLayer>, TargetMetrics) {
+        let metrics = self
+            .endpoint
+            .layer_for(&TargetLabels::endpoint(backend, endpoint));
+        let series = metrics.metrics().clone();
+        (
+            Stack::new(ClientSpan::layer(self.tracing.clone()), metrics),
+            series,
+        )
     }
 
     /// The stat windows as JSON (`{"window_seconds":60,"rows":[...]}`).
