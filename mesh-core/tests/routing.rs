@@ -444,3 +444,35 @@ async fn weight_zero_drains_a_backend() {
     let (a, b) = split_run((1, 0), 2_000, 5).await;
     assert_eq!((a, b), (2_000, 0));
 }
+
+#[tokio::test]
+async fn beyond_the_leaf_cap_a_leaf_is_built_once_not_per_request() {
+    let table = RouteTable::new(vec![Route::builder("by-host")
+        .to(Backend::Host("/svc".parse().unwrap()))
+        .build()
+        .unwrap()])
+    .unwrap();
+    let dtab = Dtab::parse(
+        "/svc/a => /$/inet/127.0.0.1/1001; /svc/b => /$/inet/127.0.0.1/1002; \
+         /svc/c => /$/inet/127.0.0.1/1003",
+    )
+    .unwrap();
+    let config = RouterConfig {
+        max_leaf_services: 2,
+        ..Default::default()
+    };
+    let routing = Routing::new(table, dtab, InetNamer, config).unwrap();
+    let (mut router, _counts, created) = counting_router(&routing);
+    let mut send = |host: &'static str| {
+        let req = Request::get(format!("http://{host}/")).body(()).unwrap();
+        let fut = router.call(req);
+        async move { fut.await.unwrap() }
+    };
+    send("a").await;
+    send("b").await;
+    // A third leaf, past the cap of 2, asked 100 times: built once.
+    for _ in 0..100 {
+        send("c").await;
+    }
+    assert_eq!(created.load(Ordering::SeqCst), 3, "services built");
+}

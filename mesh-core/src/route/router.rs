@@ -105,8 +105,8 @@ pub struct RouterConfig {
     /// Most hosts cached per host-named backend (default 4096); beyond that, delegation runs per
     /// request for new hosts, so arbitrary `Host` headers cannot grow memory without bound.
     pub max_cached_names: usize,
-    /// Most per-leaf services kept (default 4096); beyond that a new leaf's service is built for
-    /// one request and not kept.
+    /// Most per-leaf services kept (default 4096); a new leaf beyond that replaces a kept one (whose
+    /// service is rebuilt if it is used again), so no request builds a service it then drops.
     pub max_leaf_services: usize,
     /// Seed of the sequence that chooses among the members of dtab unions (default 0).
     pub seed: u64,
@@ -596,7 +596,15 @@ where
         let max = self.routing.shared.config.max_leaf_services;
         self.leaves.rcu(|map| {
             let mut next = HashMap::clone(map);
-            if next.len() < max && !next.contains_key(&bound.id) {
+            if !next.contains_key(&bound.id) {
+                // At the cap, make room by dropping another leaf's service (rebuilt if it is used
+                // again) rather than building a new service for every request to this one.
+                while next.len() >= max {
+                    let Some(victim) = next.keys().find(|k| **k != bound.id).cloned() else {
+                        break;
+                    };
+                    next.remove(&victim);
+                }
                 next.insert(bound.id.clone(), svc.clone());
             }
             next
