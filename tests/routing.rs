@@ -422,3 +422,47 @@ async fn a_route_budget_is_its_own() {
     assert_eq!(status, 503);
     assert!(failing.hits() > 2, "the default route was not retried");
 }
+
+#[tokio::test]
+async fn a_route_hedging_policy_hedges_and_a_route_without_one_does_not() {
+    use meshwork::core::route::HedgePolicy;
+    init_tracing();
+    // The first request ever stalls for 2 s; every later one answers at once.
+    let backend = Backend::with_handler(
+        "stall-first",
+        handler(|_, n| async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            http::Response::new(Full::new(Bytes::from_static(b"ok")))
+        }),
+    )
+    .await;
+    let hedged = RoutePolicy {
+        hedge: Some(HedgePolicy {
+            delay: Some(Duration::from_millis(50)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let client = with_policies(
+        &backend,
+        vec![("hedged", hedged), ("world", RoutePolicy::default())],
+    );
+    let started = tokio::time::Instant::now();
+    let (status, _, _) = send(&client, get("hedged").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "not hedged: answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend.hits(), 2, "one hedge");
+    let (status, _, _) = send(&client, get("world").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        backend.hits(),
+        3,
+        "the route without hedging sent one request"
+    );
+}
