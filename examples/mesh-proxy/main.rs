@@ -249,9 +249,8 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     let mut tasks = Vec::new();
     let listener = bind("outbound", config.outbound_listen).await?;
     tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "outbound listening");
-    let server = meshwork::server()
-        .limits(config.server_limits())
-        .telemetry(telemetry.clone(), "outbound");
+    // No inbound metrics here: each routed client records route and endpoint metrics already.
+    let server = meshwork::server().limits(config.server_limits());
     tasks.push(tokio::spawn(server.serve(
         listener,
         proxy.outbound.clone(),
