@@ -507,6 +507,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Sets the name unless one is set already (a routed client names its leaves).
+    pub(crate) fn name_if_unset(mut self, name: impl FnOnce() -> String) -> Self {
+        if self.name.is_none() {
+            self.name = Some(name());
+        }
+        self
+    }
+
     /// How responses are classified for retries and the breaker (default
     /// `retryable-idempotent-5xx`, gRPC UNAVAILABLE retryable).
     pub fn classify(mut self, classifier: Classifier) -> Self {

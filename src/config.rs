@@ -969,8 +969,11 @@ impl Config {
                 source,
             }
         })?;
-        let mut builder =
-            RoutedClientBuilder::new(table, inbound.dtab.clone()).service("/app", app);
+        // Leaf clients are named `inbound:/app`, ...: the outbound router may bind the same names
+        // in the same metrics registry.
+        let mut builder = RoutedClientBuilder::new(table, inbound.dtab.clone())
+            .service("/app", app)
+            .name_prefix("inbound:");
         for (name, discovery) in self.discovery()? {
             builder = builder.service(&name, discovery);
         }

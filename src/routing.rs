@@ -114,6 +114,7 @@ pub struct RoutedClientBuilder {
     template: Arc<Template>,
     dns: DnsConfig,
     config: RouterConfig,
+    name_prefix: String,
 }
 
 /// A client that routes each request by a route table and a dtab to one of many balanced
@@ -167,6 +168,7 @@ impl RoutedClientBuilder {
             template: Arc::new(crate::client),
             dns: DnsConfig::default(),
             config: RouterConfig::default(),
+            name_prefix: String::new(),
         }
     }
 
@@ -210,6 +212,15 @@ impl RoutedClientBuilder {
     /// ```
     pub fn override_trust(mut self, trust: OverrideTrust) -> Self {
         self.config.overrides = trust;
+        self
+    }
+
+    /// Prefix of each bound name's client name in metrics (default none: the bound name, e.g.
+    /// `/srv/world`). Client names are unique per metrics registry, so two routed clients that
+    /// share a [`Telemetry`](mesh_core::metrics::Telemetry) and bind the same names need
+    /// different prefixes. A name set by the [`RoutedClientBuilder::client`] template wins.
+    pub fn name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.name_prefix = prefix.into();
         self
     }
 
@@ -263,6 +274,7 @@ impl RoutedClientBuilder {
         let new_leaf = NewLeafClient {
             namer,
             template: self.template,
+            name_prefix: self.name_prefix,
         };
         Ok(RoutedClient {
             router: Router::new(routing, new_leaf),
@@ -514,6 +526,7 @@ impl fmt::Debug for DiscoveryNamer {
 struct NewLeafClient {
     namer: Arc<DiscoveryNamer>,
     template: Arc<Template>,
+    name_prefix: String,
 }
 
 impl NewLeafService for NewLeafClient {
@@ -523,6 +536,7 @@ impl NewLeafService for NewLeafClient {
         let _guard = self.namer.runtime.enter();
         let built = self.namer.discovery(leaf).and_then(|d| {
             (self.template)(d)
+                .name_if_unset(|| format!("{}{}", self.name_prefix, leaf.id))
                 .with_route_hedging()
                 .build::<Body>()
                 .map_err(|e| e.to_string())

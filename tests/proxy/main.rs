@@ -180,7 +180,12 @@ async fn l5d_dtab_is_honoured_from_a_verified_peer_and_stripped_from_plaintext_c
         .await
         .expect("in time")
         .expect("response");
-    assert_eq!(rsp.headers()["x-backend"], "canary");
+    assert_eq!(
+        rsp.headers().get("x-backend").map(|v| v.as_bytes()),
+        Some(&b"canary"[..]),
+        "{:?}",
+        rsp.headers()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
