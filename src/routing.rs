@@ -14,13 +14,20 @@
 //! |---|---|
 //! | a name given to [`RoutedClientBuilder::service`] (`/srv/world`), or a name under it | that [`Discovery`] |
 //! | `/$/inet/IP/PORT` | [`Discovery::fixed`] of that one address |
-//! | `/#/dns/host:port` | [`Discovery::dns`] of `host:port` (A/AAAA), started on first use and kept |
+//! | `/#/dns/host:port` | [`Discovery::dns`] of `host:port` (A/AAAA), started on first use and stopped when no leaf client uses it |
 //!
 //! Anything else is negative (`~`), so an alternation (`|`) falls back past it. A bound name
 //! "has endpoints" when its source's current set is not empty; a small task per source watches it
 //! and bumps the namer's generation when a set becomes empty or non-empty, which makes the router
 //! recompute its cached delegations (so `/srv/a | /srv/b` fails over when `a` loses its last
 //! endpoint, and comes back when it regains one).
+//!
+//! A `/#/dns` source lives as long as the leaf client that uses it: when the router evicts that
+//! client (beyond [`RouterConfig::max_leaf_services`]) and its requests are done, the namer forgets
+//! the source, and its resolver and watcher tasks end; it is started again if the name is used
+//! again. Sources that were looked up but never used by a leaf client (an alternation's fallback)
+//! are forgotten once there are more sources than the leaf cap. Many distinct DNS names over time
+//! therefore cost no more tasks than the live leaves.
 //!
 //! # Why this shape
 //!
@@ -87,7 +94,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -260,13 +267,14 @@ impl RoutedClientBuilder {
             named: HashMap::with_capacity(named.len()),
             dns: RwLock::new(HashMap::new()),
             dns_config: self.dns,
+            max_dns_sources: self.config.max_leaf_services,
             generation: Arc::new(AtomicU64::new(0)),
             shutdown,
             runtime,
         };
         // Start the watchers before anything reads the sets, so no change goes unseen.
         for (path, discovery) in named {
-            namer.watch(&discovery);
+            namer.watch(&discovery, namer.shutdown.subscribe());
             namer.named.insert(path, discovery);
         }
         let namer = Arc::new(namer);
@@ -395,10 +403,13 @@ fn error_response(status: http::StatusCode, l5d_err: http::HeaderValue) -> http:
 struct DiscoveryNamer {
     /// Names from the configuration; fixed after build.
     named: HashMap<Path, Discovery>,
-    /// `/#/dns/host:port` sources, created on first lookup. Lookups run only when the router's
-    /// delegation cache is refreshed, so a lock here is off the per-request path.
-    dns: RwLock<HashMap<Path, Discovery>>,
+    /// `/#/dns/host:port` sources, created on first lookup and forgotten when the last leaf client
+    /// using one is dropped. Lookups run only when the router's delegation cache is refreshed and
+    /// leaf clients are built once per leaf, so a lock here is off the per-request path.
+    dns: RwLock<HashMap<Path, DnsSource>>,
     dns_config: DnsConfig,
+    /// The router's leaf cap: beyond it, sources no leaf client uses are forgotten.
+    max_dns_sources: usize,
     generation: Arc<AtomicU64>,
     /// Dropped with the namer, which ends the watcher tasks.
     shutdown: watch::Sender<()>,
@@ -407,11 +418,10 @@ struct DiscoveryNamer {
 
 impl DiscoveryNamer {
     /// Spawns the task that bumps the generation whenever `discovery`'s set becomes empty or
-    /// non-empty. It ends when the namer is dropped or the source stops.
-    fn watch(&self, discovery: &Discovery) {
+    /// non-empty. It ends when `shutdown`'s sender is dropped or the source stops.
+    fn watch(&self, discovery: &Discovery, mut shutdown: watch::Receiver<()>) {
         let mut discovery = discovery.clone();
         let generation = self.generation.clone();
-        let mut shutdown = self.shutdown.subscribe();
         let mut was_empty = discovery.current().is_empty();
         drop(self.runtime.spawn(async move {
             loop {
@@ -439,40 +449,121 @@ impl DiscoveryNamer {
             .find_map(|n| self.named.get(&path.take(n)).map(|d| (n, d)))
     }
 
-    /// The DNS source of `id` (`/#/dns/host:port`), started on first use.
-    fn dns_source(&self, id: &Path, host_port: &str) -> Result<Discovery, String> {
-        if let Some(d) = self.read_dns().get(id) {
-            return Ok(d.clone());
+    /// The DNS source of `id` (`/#/dns/host:port`), started on first use, and the lease of the
+    /// leaf client that uses it (when `lease_for` is given: the namer, to hand back the lease).
+    fn dns_source(
+        &self,
+        id: &Path,
+        host_port: &str,
+        lease_for: Option<&Arc<DiscoveryNamer>>,
+    ) -> Result<(Discovery, Option<Arc<DnsLease>>), String> {
+        if lease_for.is_none() {
+            if let Some(s) = self.read_dns().get(id) {
+                return Ok((s.discovery.clone(), None));
+            }
         }
         let mut map = self.dns.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = map.get(id) {
-            return Ok(d.clone());
+        if !map.contains_key(id) {
+            let mut config = self.dns_config.clone();
+            config.name = mesh_discovery::DnsName::host(host_port).map_err(|e| e.to_string())?;
+            let discovery = {
+                let _guard = self.runtime.enter();
+                Discovery::dns(config).map_err(|e| e.to_string())?
+            };
+            if map.len() >= self.max_dns_sources {
+                // Beyond the leaf cap, forget the sources no leaf client uses (looked up but never
+                // routed to); they are started again if they are.
+                map.retain(|_, s| s.lease.strong_count() > 0);
+            }
+            let (stop, stopped) = watch::channel(());
+            self.watch(&discovery, stopped);
+            let source = DnsSource {
+                discovery,
+                _stop: stop,
+                lease: Weak::new(),
+            };
+            map.insert(id.clone(), source);
         }
-        let mut config = self.dns_config.clone();
-        config.name = mesh_discovery::DnsName::host(host_port).map_err(|e| e.to_string())?;
-        let _guard = self.runtime.enter();
-        let discovery = Discovery::dns(config).map_err(|e| e.to_string())?;
-        self.watch(&discovery);
-        map.insert(id.clone(), discovery.clone());
-        Ok(discovery)
+        let Some(source) = map.get_mut(id) else {
+            return Err(format!("no discovery source is bound to {id}"));
+        };
+        let discovery = source.discovery.clone();
+        let lease = lease_for.map(|namer| {
+            // One lease per source: a second leaf client for the same name (a race between two
+            // first requests) shares it. The lease leaves this function before it can be dropped,
+            // so its `Drop` never runs under the lock.
+            source.lease.upgrade().unwrap_or_else(|| {
+                let lease = Arc::new(DnsLease {
+                    id: id.clone(),
+                    namer: Arc::downgrade(namer),
+                });
+                source.lease = Arc::downgrade(&lease);
+                lease
+            })
+        });
+        Ok((discovery, lease))
     }
 
-    fn read_dns(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Path, Discovery>> {
+    /// Forgets the source of `id` if no leaf client uses it any more, which stops its tasks.
+    fn release(&self, id: &Path) {
+        let removed = {
+            let mut map = self.dns.write().unwrap_or_else(|e| e.into_inner());
+            match map.get(id) {
+                Some(s) if s.lease.strong_count() == 0 => map.remove(id),
+                _ => None,
+            }
+        };
+        drop(removed);
+    }
+
+    fn read_dns(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Path, DnsSource>> {
         self.dns.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The discovery source of a bound name this namer produced.
-    fn discovery(&self, leaf: &BoundName) -> Result<Discovery, String> {
+    /// The discovery source of a bound name this namer produced, and for a `/#/dns` name the
+    /// lease that keeps its source (started again if it was forgotten since the lookup).
+    fn discovery(
+        self: &Arc<Self>,
+        leaf: &BoundName,
+    ) -> Result<(Discovery, Option<Arc<DnsLease>>), String> {
         if let Some(addr) = leaf.inet_addr() {
-            return Discovery::fixed([Endpoint::new(addr)]).map_err(|e| e.to_string());
+            let fixed = Discovery::fixed([Endpoint::new(addr)]).map_err(|e| e.to_string())?;
+            return Ok((fixed, None));
         }
         if let Some(d) = self.named.get(&leaf.id) {
-            return Ok(d.clone());
+            return Ok((d.clone(), None));
         }
-        self.read_dns()
-            .get(&leaf.id)
-            .cloned()
-            .ok_or_else(|| format!("no discovery source is bound to {}", leaf.id))
+        match leaf.id.segments() {
+            [hash, dns, host_port] if &**hash == "#" && &**dns == "dns" => {
+                self.dns_source(&leaf.id, host_port, Some(self))
+            }
+            _ => Err(format!("no discovery source is bound to {}", leaf.id)),
+        }
+    }
+}
+
+/// A `/#/dns` source the namer started.
+struct DnsSource {
+    discovery: Discovery,
+    /// Dropped with the entry, which ends the source's watcher task.
+    _stop: watch::Sender<()>,
+    /// The lease held by the leaf client using the source; dead when none does.
+    lease: Weak<DnsLease>,
+}
+
+/// Held by the leaf client of a `/#/dns` name (and so by its per-request clones). When the last
+/// one is dropped (the router evicted the leaf and its requests are done), the namer forgets the
+/// source: its watcher ends, and with the last [`Discovery`] handle its resolver task.
+struct DnsLease {
+    id: Path,
+    namer: Weak<DiscoveryNamer>,
+}
+
+impl Drop for DnsLease {
+    fn drop(&mut self) {
+        if let Some(namer) = self.namer.upgrade() {
+            namer.release(&self.id);
+        }
     }
 }
 
@@ -486,8 +577,8 @@ impl Namer for DiscoveryNamer {
                 return Resolution::Fail(Arc::from(format!("{path}: expected /#/dns/host:port")));
             };
             let id = path.take(3);
-            return match self.dns_source(&id, host_port) {
-                Ok(discovery) => Resolution::Bound(BoundName {
+            return match self.dns_source(&id, host_port, None) {
+                Ok((discovery, _)) => Resolution::Bound(BoundName {
                     has_endpoints: !discovery.current().is_empty(),
                     id,
                     residual: path.drop_first(3),
@@ -534,15 +625,19 @@ impl NewLeafService for NewLeafClient {
 
     fn new_leaf(&self, leaf: &BoundName) -> LeafClient {
         let _guard = self.namer.runtime.enter();
-        let built = self.namer.discovery(leaf).and_then(|d| {
-            (self.template)(d)
+        let built = self.namer.discovery(leaf).and_then(|(d, lease)| {
+            let client = (self.template)(d)
                 .name_if_unset(|| format!("{}{}", self.name_prefix, leaf.id))
                 .with_route_hedging()
                 .build::<Body>()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok((client, lease))
         });
         match built {
-            Ok(client) => LeafClient::Ready(client),
+            Ok((client, lease)) => LeafClient::Ready {
+                client,
+                _lease: lease,
+            },
             Err(reason) => {
                 tracing::warn!(%leaf, %reason, "cannot build the client of a bound name");
                 let text = format!("cannot build the client for {leaf}: {reason}");
@@ -559,7 +654,11 @@ impl NewLeafService for NewLeafClient {
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant)]
 enum LeafClient {
-    Ready(Client<Body>),
+    /// The client, and for a `/#/dns` name the lease that keeps its source running.
+    Ready {
+        client: Client<Body>,
+        _lease: Option<Arc<DnsLease>>,
+    },
     Failed(http::HeaderValue),
 }
 
@@ -570,14 +669,14 @@ impl Service<http::Request<Body>> for LeafClient {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
-            LeafClient::Ready(client) => client.poll_ready(cx).map_err(Into::into),
+            LeafClient::Ready { client, .. } => client.poll_ready(cx).map_err(Into::into),
             LeafClient::Failed(_) => Poll::Ready(Ok(())),
         }
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match self {
-            LeafClient::Ready(client) => {
+            LeafClient::Ready { client, .. } => {
                 let fut = client.call(req);
                 Box::pin(async move { fut.await.map_err(Into::into) })
             }

@@ -94,3 +94,92 @@ async fn ten_thousand_endpoints_cycled_leave_only_the_live_sets_series_and_tasks
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_leaves_evicted_beyond_the_leaf_cap_stop_their_resolver_tasks() {
+    use meshwork::core::dtab::Dtab;
+    use meshwork::core::route::{Backend as RouteBackend, Route, RouteTable, RouterConfig};
+    use meshwork::routing::RoutedClientBuilder;
+    use tower::ServiceExt;
+
+    init_tracing();
+    const NAMES: usize = 40;
+    const CAP: usize = 4;
+    let runtime = tokio::runtime::Handle::current();
+    let mut backends = Vec::with_capacity(NAMES);
+    for _ in 0..NAMES {
+        backends.push(Backend::start("b", Duration::ZERO, 200).await);
+    }
+    // Host `wN` → `/svc/wN` → `/#/dns/127.0.0.1:<port of backend N>`: one DNS source per name (an
+    // IP literal resolves without a query; the nameserver, never asked, stays on loopback).
+    let dtab: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("/svc/w{i} => /#/dns/127.0.0.1:{};", b.addr.port()))
+        .collect();
+    let table = RouteTable::new(vec![Route::builder("by-host")
+        .to(RouteBackend::Host("/svc".parse().expect("path")))
+        .build()
+        .expect("route")])
+    .expect("table");
+    let client = RoutedClientBuilder::new(table, Dtab::parse(&dtab).expect("dtab"))
+        .dns(meshwork::discovery::DnsConfig {
+            nameserver: Some("127.0.0.1:9".parse().expect("addr")),
+            ..Default::default()
+        })
+        .router(RouterConfig {
+            max_leaf_services: CAP,
+            ..Default::default()
+        })
+        .build::<Empty<Bytes>>()
+        .expect("routed client");
+
+    // Each name until it answers (its source resolves asynchronously: 503 until then).
+    let send_until_ok = |i: usize| {
+        let client = client.clone();
+        async move {
+            for _ in 0..500 {
+                let req = http::Request::get(format!("http://w{i}/"))
+                    .body(Empty::new())
+                    .expect("request");
+                let rsp =
+                    tokio::time::timeout(Duration::from_secs(30), client.clone().oneshot(req))
+                        .await
+                        .expect("request timed out")
+                        .expect("request failed");
+                let status = rsp.status();
+                let _ = rsp.into_body().collect().await;
+                if status == 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("w{i} never answered");
+        }
+    };
+    // The leaf cap's worth of names in use: the level the task count must come back to.
+    for i in 0..CAP {
+        send_until_ok(i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = runtime.metrics().num_alive_tasks();
+
+    // Every other name once, then the first ones again: each evicts a leaf client and its source.
+    for i in (CAP..NAMES).chain(0..CAP) {
+        send_until_ok(i).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tasks = runtime.metrics().num_alive_tasks();
+        // Kept before: a resolver and a watcher task per name, 2 * (NAMES - CAP) more.
+        if tasks <= baseline + 10 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {NAMES} DNS names with a leaf cap of {CAP}: {tasks} tasks (baseline {baseline})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(backends);
+}
