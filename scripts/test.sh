@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 # Debian packages the integration tests drive as real peers:
 #   openssl, curl   — TLS interop tests (mesh-tls) handshake with `openssl s_client` and `curl --cert`.
 #   prometheus      — the observability test scrapes our exposition endpoint with a real Prometheus.
-#   dnsmasq         — the DNS discovery tests (mesh-discovery/tests/dnsmasq.rs) resolve through a
+#   dnsmasq-base    — the DNS discovery tests (mesh-discovery/tests/dnsmasq.rs) resolve through a
 #                     real dnsmasq, started by each test on 127.0.0.1 (no system service is used).
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
-[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq)
+[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "test.sh: installing Debian packages: ${need[*]}"
   sudo=""
