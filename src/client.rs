@@ -85,7 +85,7 @@ use mesh_core::classify::{Classifier, ErrorKind, GrpcClasses, ResponseClass, Sha
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
 use mesh_core::hedge::AvoidEndpoint;
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
-use mesh_core::metrics::{names, CallbackHandle, MetricsError, NameClaim, Telemetry};
+use mesh_core::metrics::{names, CallbackHandle, MetricsError, NameClaim, Succession, Telemetry};
 use mesh_core::retry::{Budget, BudgetConfig, ReplayBody, Retry, RetryConfig, RetryStats};
 use mesh_core::shed::{ConcurrencyCap, Shed, ShedConfig, ShedStats};
 use mesh_core::stat::StatConfig;
@@ -160,6 +160,8 @@ pub struct ClientBuilder {
     invalid_authority: Option<String>,
     /// The name in the client's metrics (`route`, `backend` labels); see [`ClientBuilder::name`].
     name: Option<String>,
+    /// The succession the client's name is claimed in; see [`ClientBuilder::succession`].
+    succession: Option<Succession>,
     classify: Classifier,
     deadline: DeadlineConfig,
     retry: Option<RetryConfig>,
@@ -423,6 +425,7 @@ impl ClientBuilder {
             authority: None,
             invalid_authority: None,
             name: None,
+            succession: None,
             classify: Classifier::default(),
             deadline: DeadlineConfig::default(),
             retry: Some(RetryConfig::default()),
@@ -501,9 +504,19 @@ impl ClientBuilder {
     /// The client's name in its metrics (the `route` and `backend` labels). Default: the
     /// authority, else the discovery source's name (`static`, `file:PATH`, `dns:NAME`). Names are
     /// unique per metrics registry: building a second client under a name in use fails with
-    /// [`BuildError::Metrics`] rather than merge the two clients' series.
+    /// [`BuildError::Metrics`] rather than merge the two clients' series (unless the new client
+    /// replaces the old one: [`ClientBuilder::succession`]).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Makes the client a member of `succession`, so that it takes its name over from a live
+    /// client of an earlier generation of the same succession instead of failing (e.g. the clients
+    /// a configuration reload builds replace the running ones, which finish their requests in
+    /// flight). A name held by any other live client still fails the build.
+    pub fn succession(mut self, succession: Succession) -> Self {
+        self.succession = Some(succession);
         self
     }
 
@@ -699,7 +712,11 @@ impl ClientBuilder {
             (None, Some(authority)) => authority.to_string(),
             (None, None) => self.discovery.source().to_owned(),
         };
-        let name_claim = telemetry.registry.claim_name(&format!("client/{name}"))?;
+        let claim = format!("client/{name}");
+        let name_claim = match self.succession {
+            Some(succession) => telemetry.registry.claim_name_in(&claim, succession)?,
+            None => telemetry.registry.claim_name(&claim)?,
+        };
         let classify: SharedClassify = Arc::new(self.classify);
         let budget = Budget::new(self.budget).map_err(|e| BuildError::Config {
             layer: "retry budget",

@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use hyper::body::Incoming;
 use meshwork::admin::Admin;
 use meshwork::config::{ClientTemplate, Config};
-use meshwork::core::metrics::Telemetry;
+use meshwork::core::metrics::{Succession, Telemetry};
 use meshwork::core::route::Protocol;
 use meshwork::core::trace::Tracing;
 use meshwork::RoutedClient;
@@ -165,6 +165,9 @@ pub(crate) struct Proxy {
     pub(crate) credentials: Option<meshwork::tls::Credentials>,
     pub(crate) outbound: Forward,
     pub(crate) inbound: Option<Forward>,
+    /// The generation of the running clients: a reload's new clients take over their metric
+    /// names (the replaced ones finish their requests in flight).
+    pub(crate) succession: Succession,
 }
 
 /// The per-bound-name client settings from the file: every mesh feature at its default (metrics,
@@ -175,6 +178,7 @@ pub(crate) fn template(
     credentials: &Option<meshwork::tls::Credentials>,
     config: &Config,
     protocol: Protocol,
+    succession: Succession,
 ) -> ClientTemplate {
     let (telemetry, credentials) = (telemetry.clone(), credentials.clone());
     let (shed, cap, connect) = (
@@ -186,6 +190,7 @@ pub(crate) fn template(
         let mut b = meshwork::client(discovery)
             .protocol(protocol)
             .telemetry(telemetry.clone())
+            .succession(succession)
             .shed(shed)
             .endpoint_concurrency(cap)
             .connect_timeout(connect);
@@ -204,16 +209,23 @@ pub(crate) fn clients(
     telemetry: &Telemetry,
     credentials: &Option<meshwork::tls::Credentials>,
     c: &Config,
+    succession: Succession,
 ) -> Result<(RoutedClient<Incoming>, Option<RoutedClient<Incoming>>), String> {
     let outbound = c
-        .outbound(template(telemetry, credentials, c, c.outbound_protocol))
+        .outbound(template(
+            telemetry,
+            credentials,
+            c,
+            c.outbound_protocol,
+            succession,
+        ))
         .map_err(|e| format!("outbound: {e}"))?;
     let protocol = c
         .inbound
         .as_ref()
         .map_or(Protocol::Auto, |i| i.app_protocol);
     let inbound = c
-        .inbound(template(telemetry, credentials, c, protocol))
+        .inbound(template(telemetry, credentials, c, protocol, succession))
         .map_err(|e| format!("inbound: {e}"))?;
     Ok((outbound, inbound))
 }
@@ -229,7 +241,8 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         Telemetry::new(Default::default(), Tracing::disabled()).map_err(|e| e.to_string())?;
     let credentials = config.credentials().map_err(|e| e.to_string())?;
     let admin = Admin::new(telemetry.clone());
-    let (outbound, inbound) = clients(&telemetry, &credentials, &config)?;
+    let succession = Succession::new();
+    let (outbound, inbound) = clients(&telemetry, &credentials, &config, succession)?;
     let proxy = Proxy {
         file,
         telemetry: telemetry.clone(),
@@ -237,6 +250,7 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         credentials,
         outbound: Forward::new(outbound),
         inbound: inbound.map(Forward::new),
+        succession,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -98,7 +98,7 @@ impl Reloader {
     }
 
     fn apply(&mut self, new: Config) -> Result<(), String> {
-        let (old, p) = (&self.config, &self.proxy);
+        let (old, p) = (&self.config, &mut self.proxy);
         if new.outbound_listen != old.outbound_listen
             || new.admin_listen != old.admin_listen
             || new.inbound.as_ref().map(|i| i.listen) != old.inbound.as_ref().map(|i| i.listen)
@@ -129,7 +129,12 @@ impl Reloader {
                 f.client.load().routing().set_dtab(i.dtab.clone());
             }
         } else {
-            let (outbound, inbound) = crate::clients(&p.telemetry, &p.credentials, &new)?;
+            // The new clients are the next generation: they take over the running clients' metric
+            // names while those finish the requests in flight on them.
+            let succession = p.succession.next();
+            let (outbound, inbound) =
+                crate::clients(&p.telemetry, &p.credentials, &new, succession)?;
+            p.succession = succession;
             p.outbound.client.store(Arc::new(outbound));
             if let (Some(f), Some(i)) = (&p.inbound, inbound) {
                 f.client.store(Arc::new(i));

@@ -125,3 +125,104 @@ fn durations_take_a_unit() {
     assert!(parse_duration("2").is_err());
     assert!(parse_duration("ms").is_err());
 }
+
+/// A loopback HTTP/1.1 server answering every request `200 ok` (one request per connection).
+async fn ok_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let rsp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                let _ = conn.write_all(rsp).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The status of a GET to `world` through `client`, and its `l5d-err` header.
+async fn get_world(client: &RoutedClient<http_body_util::Empty<Bytes>>) -> (u16, Option<String>) {
+    use tower::ServiceExt;
+    let req = http::Request::get("http://world/")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.clone().oneshot(req))
+        .await
+        .expect("the request must finish")
+        .unwrap();
+    let err = rsp
+        .headers()
+        .get("l5d-err")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    (rsp.status().as_u16(), err)
+}
+
+#[tokio::test]
+async fn clients_built_again_by_a_reload_take_over_the_running_clients_names() {
+    use mesh_core::metrics::{Succession, Telemetry};
+    use mesh_core::trace::Tracing;
+    let backend = ok_backend().await;
+    let text = format!(
+        r#"
+[outbound]
+listen = "127.0.0.1:0"
+dtab = "/svc => /srv;"
+[[service]]
+name = "/srv/world"
+endpoints = ["{backend}"]
+"#
+    );
+    let config = Config::parse("p.toml", &text).unwrap();
+    let telemetry = Telemetry::new(Default::default(), Tracing::disabled()).unwrap();
+    let template = |succession: Option<Succession>| -> ClientTemplate {
+        let telemetry = telemetry.clone();
+        std::sync::Arc::new(move |d| {
+            let b = crate::client(d).telemetry(telemetry.clone());
+            match succession {
+                Some(s) => b.succession(s),
+                None => b,
+            }
+        })
+    };
+    let first = Succession::new();
+    let running = config.outbound(template(Some(first))).unwrap();
+    assert_eq!(get_world(&running).await, (200, None));
+
+    // A reload builds the same services' clients again on the same registry while the running
+    // ones live (requests in flight): the new generation takes the names over.
+    let reloaded = config.outbound(template(Some(first.next()))).unwrap();
+    assert_eq!(get_world(&reloaded).await, (200, None));
+    // The replaced clients still finish what they are given.
+    assert_eq!(get_world(&running).await, (200, None));
+
+    // Two live clients that do not replace one another still cannot share a name: neither a
+    // client outside the succession nor another client of the same generation.
+    for other in [None, Some(first.next())] {
+        let other = config.outbound(template(other)).unwrap();
+        let (status, err) = get_world(&other).await;
+        assert_eq!(status, 500);
+        let err = err.unwrap();
+        assert!(
+            err.contains("cannot register the client's metrics"),
+            "{err}"
+        );
+    }
+    // Once the replaced generation is gone, the name stays with the new one.
+    drop(running);
+    let (status, _) = get_world(&config.outbound(template(Some(first))).unwrap()).await;
+    assert_eq!(
+        status, 500,
+        "an earlier generation cannot take the name back"
+    );
+    assert_eq!(get_world(&reloaded).await, (200, None));
+}

@@ -275,6 +275,75 @@ async fn reload_and_a_restart_of_one_proxy_drop_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_services_takes_effect_with_no_failed_request() {
+    support::init_tracing();
+    let one = Backend::start("one", Duration::from_millis(5), 200).await;
+    let two = Backend::start("two", Duration::from_millis(5), 200).await;
+    let services = |world: &str, extra: &str| {
+        format!(
+            "[outbound]\ndtab = \"/svc => /srv;\"\n[[service]]\nname = \"/srv/world\"\nendpoints = [{world}]\n{extra}"
+        )
+    };
+    let extra = |endpoints: &str| {
+        format!("[[service]]\nname = \"/srv/extra\"\nendpoints = [{endpoints}]\n")
+    };
+    let a = Proxy::start("a", &services(&format!("\"{}\"", one.addr), &extra(""))).await;
+
+    // A client that keeps calling `world` (bounded: 4 workers, at most 15 s).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, addr) = (stop.clone(), a.outbound);
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                statuses.push(harness::try_get(addr, "http://world/").await);
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Edit the services while requests are in flight: `world` gets a second endpoint and `extra`
+    // (no endpoints so far) gets one. The new clients replace the running ones under their names.
+    a.write_config(&services(
+        &format!("\"{}\", \"{}\"", one.addr, two.addr),
+        &extra(&format!("\"{}\"", two.addr)),
+    ));
+    assert!(
+        a.eventually_admin("/config", "\"successes\":1").await,
+        "reload seen"
+    );
+    // The new `world` client is the one in use: its new endpoint gets traffic.
+    assert!(
+        support::eventually(Duration::from_secs(10), || two.hits() > 0).await,
+        "the reloaded services are in use"
+    );
+    assert_eq!(
+        harness::try_get(a.outbound, "http://extra/").await,
+        Ok(200),
+        "the edited service is reachable"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let failed: Vec<_> = all.iter().filter(|s| **s != Ok(200)).collect();
+    assert!(all.len() > 20, "the client kept calling: {}", all.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let config = a.admin_get("/config").await;
+    assert!(config.contains("\"valid\":true"), "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_and_stops_accepting() {
     support::init_tracing();
     let app = Backend::start("app", Duration::from_millis(1500), 200).await;

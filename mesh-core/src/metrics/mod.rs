@@ -99,7 +99,7 @@ pub use self::golden::{
     SourceFn, TargetLabels, TargetMetrics,
 };
 pub use self::histogram::{LatencyHistogram, LATENCY_BUCKETS_SECONDS};
-pub use self::registry::{CallbackHandle, MetricsRegistry, NameClaim};
+pub use self::registry::{CallbackHandle, MetricsRegistry, NameClaim, Succession};
 pub use self::serve::{serve_metrics, MetricsService, OPENMETRICS_CONTENT_TYPE};
 pub use self::telemetry::{Telemetry, TelemetryError};
 

@@ -31,19 +31,70 @@ struct RegistryInner {
     callbacks: Arc<CallbackCollector>,
     /// Names of the targets (clients, servers) that record into this registry; see
     /// [`MetricsRegistry::claim_name`].
-    claimed: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    claimed: Arc<parking_lot::Mutex<BTreeMap<String, Held>>>,
 }
 
-/// Holds a target name claimed with [`MetricsRegistry::claim_name`]; dropping it frees the name.
+/// Who holds a claimed name: the claim's id (so a claim taken over does not free the name when it
+/// is dropped) and its [`Succession`], if any.
+struct Held {
+    claim: u64,
+    succession: Option<Succession>,
+}
+
+/// Ids of claims and successions: unique per process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A line of targets that replace one another under the same names, e.g. the clients a
+/// configuration reload builds in place of the running ones. A claim made with
+/// [`MetricsRegistry::claim_name_in`] takes a name over from a live claim of an *earlier*
+/// generation of the same succession (the replaced client keeps serving its requests in flight, but
+/// the name is the new one's); any other live claim on the name still refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Succession {
+    id: u64,
+    generation: u64,
+}
+
+impl Succession {
+    /// A new succession, at its first generation.
+    pub fn new() -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
+        }
+    }
+
+    /// The next generation: its claims take over this generation's names.
+    #[must_use]
+    pub fn next(&self) -> Self {
+        Self {
+            id: self.id,
+            generation: self.generation + 1,
+        }
+    }
+}
+
+impl Default for Succession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Holds a target name claimed with [`MetricsRegistry::claim_name`]; dropping it frees the name
+/// (unless a later generation of its [`Succession`] took the name over).
 pub struct NameClaim {
-    claimed: Weak<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    claimed: Weak<parking_lot::Mutex<BTreeMap<String, Held>>>,
     name: String,
+    id: u64,
 }
 
 impl Drop for NameClaim {
     fn drop(&mut self) {
         if let Some(claimed) = self.claimed.upgrade() {
-            claimed.lock().remove(&self.name);
+            let mut claimed = claimed.lock();
+            if claimed.get(&self.name).is_some_and(|h| h.claim == self.id) {
+                claimed.remove(&self.name);
+            }
         }
     }
 }
@@ -206,14 +257,43 @@ impl MetricsRegistry {
     /// clients cannot both label their series `backend="static"` and merge them into one. Fails
     /// with [`MetricsError::NameTaken`] while another claim on the name is held.
     pub fn claim_name(&self, name: &str) -> Result<NameClaim, MetricsError> {
-        if !self.inner.claimed.lock().insert(name.to_owned()) {
+        self.claim(name, None)
+    }
+
+    /// Like [`MetricsRegistry::claim_name`], for a member of `succession`: takes the name over
+    /// from a live claim of an earlier generation of the same succession (see [`Succession`]).
+    /// Fails with [`MetricsError::NameTaken`] while any other claim on the name is held.
+    pub fn claim_name_in(
+        &self,
+        name: &str,
+        succession: Succession,
+    ) -> Result<NameClaim, MetricsError> {
+        self.claim(name, Some(succession))
+    }
+
+    fn claim(&self, name: &str, succession: Option<Succession>) -> Result<NameClaim, MetricsError> {
+        let mut claimed = self.inner.claimed.lock();
+        let superseded = |held: &Held| match (held.succession, succession) {
+            (Some(old), Some(new)) => old.id == new.id && old.generation < new.generation,
+            _ => false,
+        };
+        if claimed.get(name).is_some_and(|held| !superseded(held)) {
             return Err(MetricsError::NameTaken {
                 name: name.to_owned(),
             });
         }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        claimed.insert(
+            name.to_owned(),
+            Held {
+                claim: id,
+                succession,
+            },
+        );
         Ok(NameClaim {
             claimed: Arc::downgrade(&self.inner.claimed),
             name: name.to_owned(),
+            id,
         })
     }
 
