@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -38,9 +39,21 @@ pub fn binary() -> PathBuf {
     .clone()
 }
 
+/// A port for a proxy's listener, taken below Linux's ephemeral range (32768–60999): the
+/// backends' `bind(0)` and every outgoing connection take their ports from that range, so a proxy
+/// restarted on its old ports (`Proxy::restart`) cannot find one taken by another test meanwhile.
+/// Each test process starts at its own offset and never hands out the same port twice.
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 2_000, "no free port below the ephemeral range");
+        let addr = SocketAddr::from(([127, 0, 0, 1], base + n));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// A dev CA and workload certificates in a temporary directory.
