@@ -13,7 +13,7 @@
 //!
 //! Everything here reads state that the request path already keeps (metric atomics, stat
 //! windows, the router's dtab); the admin port adds nothing to the request path. It is served by
-//! the same accept loop as the inbound side ([`crate::server`]).
+//! the same accept loop as the inbound side ([`crate::server()`]).
 //!
 //! ```no_run
 //! use meshwork::admin::Admin;

@@ -923,7 +923,7 @@ impl Config {
     }
 
     /// The routed outbound client: the routes and dtab over every service, each bound name's
-    /// client configured by `client` applied to [`Config::client_template`].
+    /// client built by `template` (a [`ClientTemplate`]) from that name's discovery.
     pub fn outbound<B>(&self, template: ClientTemplate) -> Result<RoutedClient<B>, BuildError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
