@@ -392,6 +392,37 @@ async fn a_route_with_retries_off_is_not_retried() {
 }
 
 #[tokio::test]
+async fn a_routes_classification_decides_what_is_retried() {
+    use meshwork::core::route::Classification;
+    init_tracing();
+    let failing = Backend::start("failing", Duration::ZERO, 503).await;
+    let policy = |classification| RoutePolicy {
+        classification: Some(classification),
+        ..Default::default()
+    };
+    let client = with_policies(
+        &failing,
+        vec![
+            ("strict", policy(Classification::NonRetryable5xx)),
+            ("lenient", policy(Classification::AllSuccessful)),
+            ("world", RoutePolicy::default()),
+        ],
+    );
+    // 503 is a failure nothing retries under `NonRetryable5xx`, and a success under
+    // `AllSuccessful`: neither route sends a second attempt.
+    let (status, _, _) = send(&client, get("strict").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert_eq!(failing.hits(), 1, "a non-retryable 503 was retried");
+    let (status, _, _) = send(&client, get("lenient").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert_eq!(failing.hits(), 2, "a 503 classified as success was retried");
+    // The same backend through the default classification (retryable idempotent 5xx) is retried.
+    let (status, _, _) = send(&client, get("world").body(Empty::new()).unwrap()).await;
+    assert_eq!(status, 503);
+    assert!(failing.hits() > 3, "the default route was not retried");
+}
+
+#[tokio::test]
 async fn a_route_budget_is_its_own() {
     init_tracing();
     let failing = Backend::start("failing", Duration::ZERO, 503).await;
