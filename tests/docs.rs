@@ -49,9 +49,10 @@ fn the_repository_refers_only_to_its_own_files() {
         for (n, line) in text.lines().enumerate() {
             let lower = line.to_lowercase();
             // Team notes outside the repository, which a user does not have.
-            let outside = line.contains("../shared")
-                || (line.contains("DESIGN.md") && !line.contains("docs/design.md"))
-                || line.contains("STYLE.md")
+            // The names are spelled in pieces so this file does not show up in a search for them.
+            let outside = line.contains(concat!("../", "shared"))
+                || (line.contains(concat!("DESIGN", ".md")) && !line.contains("docs/design.md"))
+                || line.contains(concat!("STYLE", ".md"))
                 || lower.contains("the issue");
             if outside {
                 problems.push(format!("{rel}:{}: {}", n + 1, line.trim()));
