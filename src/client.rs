@@ -520,6 +520,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Makes the client rebuild `n` of its succession (the template's, else `own`), so that it
+    /// takes its name over from an earlier build of the same name that is still held (a routed
+    /// client's leaf rebuilt after eviction).
+    pub(crate) fn rebuild(mut self, own: Succession, n: u64) -> Self {
+        self.succession = Some(self.succession.unwrap_or(own).rebuilt(n));
+        self
+    }
+
     /// Sets the name unless one is set already (a routed client names its leaves).
     pub(crate) fn name_if_unset(mut self, name: impl FnOnce() -> String) -> Self {
         if self.name.is_none() {

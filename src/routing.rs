@@ -99,6 +99,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use mesh_core::dtab::{BoundName, Dtab, DtabError, InetNamer, Namer, Path, Resolution};
+use mesh_core::metrics::Succession;
 use mesh_core::route::{NewLeafService, RouteError, RouteTable, Router, Routing, L5D_ERR};
 use mesh_discovery::{Discovery, DnsConfig, Endpoint};
 use tokio::sync::watch;
@@ -283,6 +284,8 @@ impl RoutedClientBuilder {
             namer,
             template: self.template,
             name_prefix: self.name_prefix,
+            succession: Succession::new(),
+            builds: AtomicU64::new(0),
         };
         Ok(RoutedClient {
             router: Router::new(routing, new_leaf),
@@ -614,10 +617,17 @@ impl fmt::Debug for DiscoveryNamer {
 // === NewLeafClient ===
 
 /// Builds one [`Client`] per bound name (the router keeps it).
+///
+/// A leaf evicted beyond the leaf cap is built again when its name is used again, possibly while
+/// requests still hold the evicted client, which holds the client name in the metrics registry.
+/// Each build is therefore a later rebuild of a [`Succession`] (the template's, else this
+/// router's own), so the new client takes the name over and the old one finishes its requests.
 struct NewLeafClient {
     namer: Arc<DiscoveryNamer>,
     template: Arc<Template>,
     name_prefix: String,
+    succession: Succession,
+    builds: AtomicU64,
 }
 
 impl NewLeafService for NewLeafClient {
@@ -626,8 +636,10 @@ impl NewLeafService for NewLeafClient {
     fn new_leaf(&self, leaf: &BoundName) -> LeafClient {
         let _guard = self.namer.runtime.enter();
         let built = self.namer.discovery(leaf).and_then(|(d, lease)| {
+            let n = self.builds.fetch_add(1, Ordering::Relaxed);
             let client = (self.template)(d)
                 .name_if_unset(|| format!("{}{}", self.name_prefix, leaf.id))
+                .rebuild(self.succession, n)
                 .with_route_hedging()
                 .build::<Body>()
                 .map_err(|e| e.to_string())?;

@@ -497,3 +497,72 @@ async fn a_route_hedging_policy_hedges_and_a_route_without_one_does_not() {
         "the route without hedging sent one request"
     );
 }
+
+/// Leaf clients evicted beyond the leaf cap are built again when their name is used again, and
+/// requests racing on an evicted leaf may each build one while another build still holds the
+/// client name in the shared metrics registry: every build takes the name over (as a later
+/// rebuild of the same succession) instead of failing with a name clash and answering 500, with
+/// or without a reload succession in the template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaves_rebuilt_after_eviction_while_another_build_holds_the_name_serve() {
+    use meshwork::core::metrics::{Succession, Telemetry};
+    use meshwork::core::route::RouterConfig;
+    use meshwork::core::trace::Tracing;
+
+    init_tracing();
+    let a = answering("a", "a").await;
+    let b = answering("b", "b").await;
+    for with_succession in [false, true] {
+        let telemetry = Telemetry::new(Default::default(), Tracing::disabled()).unwrap();
+        let succession = Succession::new();
+        let table = RouteTable::new(vec![Route::builder("by-host")
+            .to(RouteBackend::Host("/svc".parse().unwrap()))
+            .build()
+            .unwrap()])
+        .unwrap();
+        let client = RoutedClientBuilder::new(table, Dtab::parse("/svc => /srv;").unwrap())
+            .service("/srv/a", fixed(&a))
+            .service("/srv/b", fixed(&b))
+            .router(RouterConfig {
+                max_leaf_services: 1,
+                ..Default::default()
+            })
+            .client(move |d| {
+                let b = meshwork::client(d).telemetry(telemetry.clone());
+                if with_succession {
+                    b.succession(succession)
+                } else {
+                    b
+                }
+            })
+            .build::<Empty<Bytes>>()
+            .unwrap();
+        // Eight callers alternate between the two names: each request evicts the other leaf.
+        let callers: Vec<_> = (0..8)
+            .map(|caller| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    for i in 0..40 {
+                        let host = if (caller + i) % 2 == 0 { "a" } else { "b" };
+                        let req = get(host).body(Empty::new()).unwrap();
+                        let (status, err, body) = send(&client, req).await;
+                        if status != http::StatusCode::OK || body != host {
+                            failures.push(format!("{host}: {status} {err:?} {body:?}"));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        for caller in callers {
+            let failures = caller.await.unwrap();
+            assert!(
+                failures.is_empty(),
+                "with_succession = {with_succession}: {} failed, first {:?}",
+                failures.len(),
+                failures.first()
+            );
+        }
+    }
+}

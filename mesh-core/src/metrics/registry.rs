@@ -49,10 +49,16 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// [`MetricsRegistry::claim_name_in`] takes a name over from a live claim of an *earlier*
 /// generation of the same succession (the replaced client keeps serving its requests in flight, but
 /// the name is the new one's); any other live claim on the name still refuses it.
+///
+/// Within a generation, [`Succession::rebuilt`] orders the targets rebuilt under the same name
+/// (e.g. a routed client's leaf client built again after the leaf cap evicted it, while the
+/// evicted one still serves a request): a later rebuild takes the name over from an earlier one,
+/// and the next generation from all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Succession {
     id: u64,
     generation: u64,
+    rebuild: u64,
 }
 
 impl Succession {
@@ -61,6 +67,7 @@ impl Succession {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             generation: 0,
+            rebuild: 0,
         }
     }
 
@@ -70,7 +77,24 @@ impl Succession {
         Self {
             id: self.id,
             generation: self.generation + 1,
+            rebuild: 0,
         }
+    }
+
+    /// Rebuild `n` of this generation: its claims take over the names of this generation's
+    /// rebuilds below `n` (and of earlier generations); the next generation takes over from it.
+    #[must_use]
+    pub fn rebuilt(&self, n: u64) -> Self {
+        Self {
+            id: self.id,
+            generation: self.generation,
+            rebuild: n,
+        }
+    }
+
+    /// Whether a claim of `self` takes a name over from a live claim of `held`.
+    fn supersedes(&self, held: &Succession) -> bool {
+        self.id == held.id && (held.generation, held.rebuild) < (self.generation, self.rebuild)
     }
 }
 
@@ -274,7 +298,7 @@ impl MetricsRegistry {
     fn claim(&self, name: &str, succession: Option<Succession>) -> Result<NameClaim, MetricsError> {
         let mut claimed = self.inner.claimed.lock();
         let superseded = |held: &Held| match (held.succession, succession) {
-            (Some(old), Some(new)) => old.id == new.id && old.generation < new.generation,
+            (Some(old), Some(new)) => new.supersedes(&old),
             _ => false,
         };
         if claimed.get(name).is_some_and(|held| !superseded(held)) {
