@@ -3,6 +3,7 @@
 //!
 //! | path | what |
 //! |---|---|
+//! | `/` | the dashboard: one self-contained page (nothing fetched from elsewhere) that polls the paths below every second and shows per-service success rate, RPS and latency percentiles with a short history, endpoints by state, routes, weights and the dtab, and the service graph |
 //! | `/metrics` | Prometheus / OpenMetrics text of the shared [`Telemetry`] registry |
 //! | `/ready` | 200 once [`Admin::set_ready`] said so (listeners bound, config loaded), else 503 |
 //! | `/live` | 200 while the process serves |
@@ -45,6 +46,9 @@ use tokio::net::TcpListener;
 use tower::Service;
 
 use crate::server::ServerError;
+
+/// The dashboard page served at `/`: HTML, CSS and script in one file, reading only this port.
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
 
 /// The admin service. Cheap to clone; every clone shares the state.
 #[derive(Clone)]
@@ -125,6 +129,11 @@ impl Admin {
         }
         let t = &self.inner.telemetry;
         match path {
+            "/" | "/index.html" => with_type(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                DASHBOARD.to_owned(),
+            ),
             "/metrics" => match t.registry.encode() {
                 Ok(body) => with_type(
                     StatusCode::OK,
@@ -150,7 +159,7 @@ impl Admin {
             "/delegator" => self.delegator(query.unwrap_or("")),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics /ready /live /stat /stat.json /graph.json /graph.dot \
+                "not found; try / (the dashboard) /metrics /ready /live /stat /stat.json /graph.json /graph.dot \
                  /delegator?path=/svc/name /config\n"
                     .into(),
             ),
