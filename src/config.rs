@@ -1071,5 +1071,7 @@ impl Service {
     }
 }
 
+pub mod inject;
+
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 //! mesh-proxy check proxy.toml               # validate: file:line:column: message, exit 1
 //! mesh-proxy ca init certs/                 # a dev CA: certs/ca.pem, certs/ca.key
 //! mesh-proxy ca issue --identity spiffe://example.org/ns/shop/sa/web certs/
+//! mesh-proxy inject app.yaml | kubectl apply -f -   # add the sidecar (meshwork::config::inject)
 //! ```
 //!
 //! Install with `cargo install --path . --example mesh-proxy`.
@@ -53,6 +54,13 @@ enum Command {
     Run { file: PathBuf },
     /// Validate FILE; print `file:line:column: message` and exit 1 if it is invalid.
     Check { file: PathBuf },
+    /// Add the mesh-proxy sidecar to the Kubernetes workloads in FILE (`-`: stdin); print the YAML.
+    Inject {
+        file: PathBuf,
+        /// The sidecar's image.
+        #[arg(long, default_value = meshwork::config::inject::DEFAULT_IMAGE)]
+        image: String,
+    },
     /// A development certificate authority (not for production).
     Ca {
         #[command(subcommand)]
@@ -94,6 +102,13 @@ fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::Ca { command } => ca(command),
+        Command::Inject { file, image } => {
+            let options = meshwork::config::inject::InjectOptions {
+                image,
+                ..Default::default()
+            };
+            meshwork::config::inject::inject_file(&file, &options).map(|yaml| print!("{yaml}"))
+        }
         Command::Run { file } => run(&file),
     };
     match result {
