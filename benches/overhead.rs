@@ -1,7 +1,9 @@
 //! Per-request cost of the balancer itself: meshwork's `Balance` against tower's p2c, over 16
 //! always-ready no-op endpoints, on a current-thread tokio runtime.
 //!
-//! Run with `cargo bench --bench overhead`. Groups: `balance/meshwork/16` and `balance/tower-p2c/16`;
+//! Run with `cargo bench --bench overhead`. Groups: `balance/meshwork/16`, `balance/meshwork-load/16`
+//! (every response carries a load report, so each request records one and compares three
+//! candidates by expected completion time) and `balance/tower-p2c/16`;
 //! `stack/noop`, `stack/meshwork/16` and `stack/tower/16` (below).
 //! One iteration = `ready().await` + `call` + awaiting the response, on a handle (or balancer) owned by
 //! the measuring loop, as a client task would own it. Both balancers track peak-EWMA load with the
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::stream;
-use mesh_balance::{Config, Endpoint};
+use mesh_balance::{Classify, Config, Endpoint, LoadReport};
 use tower::discover::{Change, ServiceList};
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::{service_fn, Service, ServiceExt};
@@ -72,6 +74,41 @@ fn bench_balance(c: &mut Criterion) {
         })
     });
 
+    // meshwork with load reports: each endpoint answers with a report, which the classifier
+    // hands to the balancer (as the HTTP classifier takes it from the response headers).
+    let reporting = rt.block_on(async {
+        let inserts = (0..ENDPOINTS).map(|i| {
+            let report = LoadReport {
+                in_flight: Some(i as u32 % 4),
+                capacity: Some(8),
+                service_time: Some(Duration::from_millis(10 + i as u64)),
+                utilization: None,
+            };
+            let svc = service_fn(move |_: ()| ready(Ok::<_, Infallible>(Some(report))));
+            Ok::<_, Infallible>(Change::Insert(i, Endpoint::new(svc)))
+        });
+        let lb = mesh_balance::Balance::builder(Config::default())
+            .classify(TakeReport)
+            .spawn(stream::iter(inserts.collect::<Vec<_>>()))
+            .unwrap();
+        while lb.len() < ENDPOINTS {
+            tokio::task::yield_now().await;
+        }
+        lb
+    });
+    group.bench_function(format!("meshwork-load/{ENDPOINTS}"), |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut lb = reporting.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    lb.ready().await.unwrap().call(()).await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+
     group.bench_function(format!("tower-p2c/{ENDPOINTS}"), |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
             let services: Vec<_> = (0..ENDPOINTS).map(|_| noop()).collect();
@@ -92,6 +129,23 @@ fn bench_balance(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// Errors are failures; the response is the endpoint's load report.
+#[derive(Clone, Copy)]
+struct TakeReport;
+
+impl Classify<Option<LoadReport>, Infallible> for TakeReport {
+    fn is_failure(&self, _: &Result<Option<LoadReport>, Infallible>) -> bool {
+        false
+    }
+
+    fn take_load_report(
+        &self,
+        rsp: &mut Option<LoadReport>,
+    ) -> Option<Result<LoadReport, mesh_balance::ReportError>> {
+        rsp.take().map(Ok)
+    }
 }
 
 type HttpRsp = http::Response<meshwork::Body>;

@@ -364,6 +364,15 @@ impl<B, E: EndpointErrorKind> mesh_balance::Classify<http::Response<B>, E> for C
             .is_some_and(|code| self.grpc.classify(code) != mesh_core::classify::Class::Success)
     }
 
+    /// The endpoint's load report, taken off the response so it goes no further than this hop.
+    #[inline]
+    fn take_load_report(
+        &self,
+        rsp: &mut http::Response<B>,
+    ) -> Option<Result<mesh_balance::LoadReport, mesh_balance::ReportError>> {
+        mesh_balance::report::take_from_headers(rsp.headers_mut())
+    }
+
     #[inline]
     fn outcome(&self, result: &Result<http::Response<B>, E>) -> Outcome {
         match result {

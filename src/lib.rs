@@ -84,6 +84,7 @@ pub mod client;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod connect;
+pub mod load_report;
 pub mod respond;
 pub mod routing;
 pub mod server;

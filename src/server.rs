@@ -23,6 +23,10 @@
 //! down, say) gets a response anyway: 502, 503 or 504 with an `l5d-err` header naming the cause
 //! (see [`respond`](crate::respond)), never a connection closed with nothing sent.
 //!
+//! With [`ServerBuilder::load_reports`], every response also carries the server's load (requests
+//! in flight, capacity, time in the application) in ORCA's `endpoint-load-metrics` header, for the
+//! calling balancer (see [`load_report`](crate::load_report)); off by default.
+//!
 //! Connections are accepted through meshwork's one accept loop ([`mesh_server::Server`]): a
 //! connection that sends nothing is closed after 10 s, an HTTP/1 request head must arrive within
 //! 10 s, a connection without requests is closed after 60 s, HTTP/2 connections are kept alive by
@@ -55,6 +59,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::{boxed, Body, BoxError};
+use crate::load_report::{LoadReportConfig, ReportLoad};
 use crate::respond::MapErrorsLayer;
 
 /// Starts building a server with production defaults: plaintext, no authorization, deadlines
@@ -69,6 +74,7 @@ pub struct ServerBuilder {
     deadline: DeadlineConfig,
     limits: ServerConfig,
     telemetry: Option<(Telemetry, String)>,
+    load_report: Option<LoadReportConfig>,
     #[cfg(feature = "tls")]
     tls: Option<(mesh_tls::Credentials, mesh_tls::server::AcceptorConfig)>,
     #[cfg(feature = "tls")]
@@ -106,6 +112,13 @@ impl ServerBuilder {
     /// request head size, drain (defaults: [`ServerConfig::default`]).
     pub fn limits(mut self, limits: ServerConfig) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Attaches the server's load to every response, for the calling balancer (see
+    /// [`load_report`](crate::load_report)). Off by default.
+    pub fn load_reports(mut self, config: LoadReportConfig) -> Self {
+        self.load_report = Some(config);
         self
     }
 
@@ -160,6 +173,7 @@ impl ServerBuilder {
             .layer(Deadlines::layer(self.deadline, DeadlineStats::default()))
             .layer(MapErrorsLayer)
             .map_response(|rsp: http::Response<B>| rsp.map(boxed))
+            .option_layer(self.load_report.clone().map(ReportLoad::layer))
             .service(app);
         let app: Inbound = match &self.telemetry {
             Some((telemetry, service)) => {
@@ -236,7 +250,8 @@ impl fmt::Debug for ServerBuilder {
         let mut d = f.debug_struct("ServerBuilder");
         d.field("deadline", &self.deadline)
             .field("limits", &self.limits)
-            .field("telemetry", &self.telemetry.as_ref().map(|(_, name)| name));
+            .field("telemetry", &self.telemetry.as_ref().map(|(_, name)| name))
+            .field("load_report", &self.load_report);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.as_ref().map(|(_, config)| config))
             .field("authz", &self.authz);

@@ -55,8 +55,15 @@ pub(crate) fn selected(only_var: &str, scenario: &str) -> bool {
 
 /// Service time for a request with factor `z ~ N(0, 1)` at an endpoint with this median:
 /// median · exp(σ z), rounded to whole milliseconds, at least 1 ms.
+#[allow(dead_code)] // `resilience` uses it, `lb_quality` varies σ per scenario
 pub(crate) fn service_time(median_ms: f64, z: f64) -> Duration {
-    let ms = (median_ms * (SIGMA * z).exp()).round().max(1.0);
+    service_time_with(median_ms, SIGMA, z)
+}
+
+/// [`service_time`] with another σ (a scenario whose endpoints vary less).
+#[allow(dead_code)] // `lb_quality` uses it, `resilience` does not
+pub(crate) fn service_time_with(median_ms: f64, sigma: f64, z: f64) -> Duration {
+    let ms = (median_ms * (sigma * z).exp()).round().max(1.0);
     Duration::from_millis(ms as u64)
 }
 

@@ -1,4 +1,5 @@
-//! Which endpoint outcomes count as failures for the balancer's cost.
+//! Which endpoint outcomes count as failures for the balancer's cost, and where a response carries
+//! its server's load report.
 //!
 //! The balancer charges a failure as a slow response (see [`crate::ewma`]), so it must know what a
 //! failure is. That depends on the protocol: for a plain service an `Err` is a failure
@@ -49,6 +50,19 @@ pub trait Classify<Rsp, E>: Send + Sync + 'static {
         } else {
             Outcome::Success
         }
+    }
+
+    /// Removes the server's load report from a response and returns it (`None`: the response has
+    /// none). The default reads nothing, so the endpoint keeps the peak-EWMA cost. An HTTP
+    /// classifier implements it with [`crate::report::take_from_headers`]: the report is taken off
+    /// the response, so it goes no further than the hop that reads it.
+    #[inline]
+    fn take_load_report(
+        &self,
+        response: &mut Rsp,
+    ) -> Option<Result<crate::report::LoadReport, crate::report::ReportError>> {
+        let _ = response;
+        None
     }
 }
 

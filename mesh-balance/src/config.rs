@@ -10,6 +10,7 @@
 //! | [`Config::queue_capacity`] | 1024 | Envoy's default pending-request cap |
 //! | [`Config::failfast_timeout`] | 3 s | Linkerd's fail-fast: waiting longer than this for endpoints is a failure |
 //! | [`Config::latency_half_life`] | 10 s | ours: matches the EWMA decay, so "recent" means the same everywhere |
+//! | [`Config::choices`] | 5 | ours, measured (`benches/lb_quality.rs`: 2, 3, 4, 5 tried): candidates per request once endpoints report load |
 //!
 //! `Default` gives the production values; [`Config::validate`] rejects values that would make the
 //! arithmetic meaningless (a zero decay, a penalty below 1, a threshold outside `[0, 1]`). The balancer
@@ -61,6 +62,13 @@ pub struct Config {
     /// Seed of the random candidate choice. `None` (the default) seeds from the OS-keyed hasher; a
     /// fixed seed makes the choice sequence reproducible (simulations, tests).
     pub seed: Option<u64>,
+    /// How many random candidates a request compares when endpoints report their load (2 to 8).
+    /// Endpoints that have never reported are compared two at a time, as before (power of two
+    /// choices over peak-EWMA): with a client-side estimate more candidates only herd onto the
+    /// one that looks best, while with fresh server reports more candidates avoid the case where
+    /// all are busy or slow (five matched the oracle of `benches/lb_quality.rs` with
+    /// heterogeneous endpoints, where two stayed at 2.2× its p99 and three at 1.4×).
+    pub choices: usize,
 }
 
 impl Default for Config {
@@ -75,6 +83,7 @@ impl Default for Config {
             failfast_timeout: Duration::from_secs(3),
             latency_half_life: Duration::from_secs(10),
             seed: None,
+            choices: 5,
         }
     }
 }
@@ -124,6 +133,13 @@ impl Config {
                 "panic_threshold",
                 self.panic_threshold.to_string(),
                 "must be within [0, 1]",
+            ));
+        }
+        if !(2..=crate::p2c::MAX_CHOICES).contains(&self.choices) {
+            return Err(invalid(
+                "choices",
+                self.choices.to_string(),
+                "must be within [2, 8]",
             ));
         }
         if self.latency_half_life.is_zero() {
@@ -197,6 +213,20 @@ mod tests {
                     ..Config::default()
                 },
                 "latency_half_life",
+            ),
+            (
+                Config {
+                    choices: 1,
+                    ..Config::default()
+                },
+                "choices",
+            ),
+            (
+                Config {
+                    choices: 9,
+                    ..Config::default()
+                },
+                "choices",
             ),
         ];
         for (config, field) in cases {

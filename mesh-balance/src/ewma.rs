@@ -161,12 +161,19 @@ pub(crate) fn nanos(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
 
+/// Over this time the part of a report's in-flight count that other clients sent fades from the
+/// cost: a report says how busy the server was then, and the older it is the less it says about now.
+const REPORT_HORIZON_NS: f64 = 1e9;
+
 /// One endpoint's load state, shared by every request to it: the estimate (f64 bits), when it was last
 /// updated (nanoseconds after the balancer's base instant), and the number of requests in flight.
+/// Once the endpoint reports its load ([`crate::report`]), also the latest report and a failure
+/// penalty for the completion-time cost.
 ///
 /// Reads are plain atomic loads. Updates are a compare-and-swap loop on the estimate; a concurrent
 /// update may use a slightly stale `updated`, which only shifts one sample's weight by a few
-/// nanoseconds' worth of decay.
+/// nanoseconds' worth of decay. A report's fields are stored one by one: a read racing a newer
+/// report may mix the two, which moves one comparison by one report's difference.
 #[derive(Debug)]
 pub(crate) struct EndpointLoad {
     estimate_bits: AtomicU64,
@@ -176,6 +183,31 @@ pub(crate) struct EndpointLoad {
     unanswered: AtomicU32,
     /// The endpoint's last attempt was refused at connect, and none has succeeded since.
     refused: AtomicBool,
+    /// When the latest usable report arrived, as `now_ns + 1`; 0: never (peak-EWMA cost).
+    report_at: AtomicU64,
+    /// The report's requests in flight at the server.
+    report_in_flight: AtomicU32,
+    /// Our own requests in flight to it when the report arrived (the reported one excluded).
+    report_ours: AtomicU32,
+    /// The report's capacity (at least 1).
+    report_capacity: AtomicU32,
+    /// The report's service time, ns as f64 bits.
+    service_bits: AtomicU64,
+    /// Failure penalty of a reporting endpoint (ns as f64 bits) and when it was last raised.
+    penalty_bits: AtomicU64,
+    penalty_at: AtomicU64,
+    /// Reports read, and malformed reports ignored.
+    reports: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// A reporting endpoint's latest report, as [`EndpointLoad::reported_load`] reads it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reported {
+    pub(crate) age_ns: u64,
+    pub(crate) in_flight: u32,
+    pub(crate) capacity: u32,
+    pub(crate) service_ns: f64,
 }
 
 // === impl EndpointLoad ===
@@ -188,7 +220,117 @@ impl EndpointLoad {
             pending: AtomicUsize::new(0),
             unanswered: AtomicU32::new(0),
             refused: AtomicBool::new(false),
+            report_at: AtomicU64::new(0),
+            report_in_flight: AtomicU32::new(0),
+            report_ours: AtomicU32::new(0),
+            report_capacity: AtomicU32::new(1),
+            service_bits: AtomicU64::new(0),
+            penalty_bits: AtomicU64::new(0),
+            penalty_at: AtomicU64::new(0),
+            reports: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the endpoint has ever sent a usable load report.
+    #[inline]
+    pub(crate) fn reported(&self) -> bool {
+        self.report_at.load(Ordering::Relaxed) != 0
+    }
+
+    /// Records a load report read at `now_ns`, when `ours` other requests of ours were in flight
+    /// to the endpoint. A report without the in-flight count and service time counts as read but
+    /// changes nothing.
+    pub(crate) fn record_report(
+        &self,
+        report: &crate::report::LoadReport,
+        now_ns: u64,
+        ours: usize,
+    ) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
+        let (Some(in_flight), Some(service)) = (report.in_flight, report.service_time) else {
+            return;
+        };
+        if service.is_zero() {
+            return;
+        }
+        self.report_in_flight.store(in_flight, Ordering::Relaxed);
+        self.report_ours
+            .store(u32::try_from(ours).unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.report_capacity
+            .store(report.capacity.unwrap_or(1).max(1), Ordering::Relaxed);
+        self.service_bits
+            .store(nanos(service).to_bits(), Ordering::Relaxed);
+        self.report_at
+            .store(now_ns.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Counts a malformed report (ignored).
+    pub(crate) fn record_malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports read and malformed reports ignored.
+    pub(crate) fn report_counts(&self) -> (u64, u64) {
+        (
+            self.reports.load(Ordering::Relaxed),
+            self.malformed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The latest usable report, if any.
+    pub(crate) fn reported_load(&self, now_ns: u64) -> Option<Reported> {
+        let at = self.report_at.load(Ordering::Relaxed);
+        (at != 0).then(|| Reported {
+            age_ns: now_ns.saturating_sub(at - 1),
+            in_flight: self.report_in_flight.load(Ordering::Relaxed),
+            capacity: self.report_capacity.load(Ordering::Relaxed),
+            service_ns: f64::from_bits(self.service_bits.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Expected completion time of a new request at a reporting endpoint, in nanoseconds: wait for
+    /// a slot, then the service time. The server's queue is estimated as our requests in flight now
+    /// plus the others' share of the last report (faded over [`REPORT_HORIZON_NS`]); with `q`
+    /// requests there and capacity `c`, a new one waits for `max(0, q + 1 - c)` of the `c`
+    /// parallel departures, each `service / c` apart. A failure penalty (see
+    /// [`EndpointLoad::observe`]) overrides it while it is higher.
+    #[inline]
+    pub(crate) fn completion_cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let at = self.report_at.load(Ordering::Relaxed);
+        let service = f64::from_bits(self.service_bits.load(Ordering::Relaxed));
+        let capacity = f64::from(self.report_capacity.load(Ordering::Relaxed));
+        let others = self
+            .report_in_flight
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.report_ours.load(Ordering::Relaxed));
+        let age = now_ns.saturating_sub(at.saturating_sub(1)) as f64;
+        let queue = self.pending.load(Ordering::Relaxed) as f64
+            + f64::from(others) * (-age / REPORT_HORIZON_NS).exp();
+        let wait = (queue + 1.0 - capacity).max(0.0) / capacity;
+        let expected = service * (1.0 + wait);
+        expected.max(self.penalty_ns(now_ns, decay_ns))
+    }
+
+    #[inline]
+    fn penalty_ns(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let p = f64::from_bits(self.penalty_bits.load(Ordering::Relaxed));
+        if p == 0.0 {
+            return 0.0;
+        }
+        let idle = now_ns.saturating_sub(self.penalty_at.load(Ordering::Relaxed)) as f64;
+        idle_decay(p, idle, decay_ns)
+    }
+
+    /// Raises a reporting endpoint's failure penalty: the same geometric charge as the peak-EWMA
+    /// estimate's, based on the larger of the current penalty and the service time.
+    fn penalize(&self, rtt_ns: f64, penalty: &Penalty, now_ns: u64, decay_ns: f64) {
+        let current = self.penalty_ns(now_ns, decay_ns);
+        let service = f64::from_bits(self.service_bits.load(Ordering::Relaxed));
+        let charged = penalty.sample(current.max(service), rtt_ns).max(current);
+        self.penalty_bits
+            .store(charged.to_bits(), Ordering::Relaxed);
+        self.penalty_at.store(now_ns, Ordering::Relaxed);
     }
 
     /// Forgets what was learned: the estimate starts again from `default_rtt_ns` at `now_ns` (an
@@ -198,6 +340,7 @@ impl EndpointLoad {
             .store(default_rtt_ns.to_bits(), Ordering::Relaxed);
         self.updated_ns.store(now_ns, Ordering::Relaxed);
         self.unanswered.store(0, Ordering::Relaxed);
+        self.penalty_bits.store(0f64.to_bits(), Ordering::Relaxed);
     }
 
     /// Whether the endpoint's last attempt was refused at connect (and none succeeded since).
@@ -225,9 +368,19 @@ impl EndpointLoad {
         self.unanswered.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// `decayed estimate × (pending + 1)`, in nanoseconds.
+    /// The endpoint's cost in nanoseconds: [`EndpointLoad::completion_cost`] once it has
+    /// reported its load, else `decayed estimate × (pending + 1)` (peak-EWMA).
     #[inline]
     pub(crate) fn cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        if self.reported() {
+            return self.completion_cost(now_ns, decay_ns);
+        }
+        self.ewma_cost(now_ns, decay_ns)
+    }
+
+    /// `decayed estimate × (pending + 1)`, in nanoseconds.
+    #[inline]
+    pub(crate) fn ewma_cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
         let est = f64::from_bits(self.estimate_bits.load(Ordering::Relaxed));
         let updated = self.updated_ns.load(Ordering::Relaxed);
         let idle = now_ns.saturating_sub(updated) as f64;
@@ -256,7 +409,8 @@ impl EndpointLoad {
         self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Records a response of `rtt_ns` at `now_ns`; failures are charged through `penalty`.
+    /// Records a response of `rtt_ns` at `now_ns`; failures are charged through `penalty` (to the
+    /// peak-EWMA estimate, and to the completion-time cost's penalty once the endpoint reports).
     pub(crate) fn observe(
         &self,
         rtt_ns: f64,
@@ -264,6 +418,11 @@ impl EndpointLoad {
         now_ns: u64,
         decay_ns: f64,
     ) {
+        if let Some(penalty) = failed {
+            if self.reported() {
+                self.penalize(rtt_ns, penalty, now_ns, decay_ns);
+            }
+        }
         let updated = self.updated_ns.load(Ordering::Relaxed);
         let elapsed = now_ns.saturating_sub(updated) as f64;
         let _ = self
@@ -360,6 +519,43 @@ mod tests {
         };
         slow.observe_failure(Duration::from_secs(2), t0, DECAY, &p);
         assert_eq!(slow.estimate(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_reporting_endpoint_costs_its_wait_for_a_slot_plus_service_time() {
+        let decay_ns = nanos(DECAY);
+        let load = EndpointLoad::new(30e6, 0);
+        assert!(!load.reported());
+        let report = crate::LoadReport {
+            in_flight: Some(10),
+            capacity: Some(4),
+            service_time: Some(Duration::from_millis(8)),
+            utilization: None,
+        };
+        // 10 at the server, 2 of them ours: 8 from other clients.
+        load.record_report(&report, 1_000, 2);
+        assert!(load.reported());
+        load.start();
+        load.start();
+        // q = 2 + 8 = 10 ≥ 4 slots: wait for 10 + 1 - 4 = 7 of 4 parallel departures.
+        let cost = load.cost(1_000, decay_ns);
+        assert!((cost - 8e6 * (1.0 + 7.0 / 4.0)).abs() < 1.0, "{cost}");
+        // Ten seconds later the others' share has faded: q = 2 < 4, just the service time.
+        let later = load.cost(1_000 + 10_000_000_000, decay_ns);
+        assert!((later - 8e6).abs() < 1e3, "{later}");
+        // A failure overrides it with the penalty, as for peak-EWMA.
+        let penalty = Penalty {
+            factor: 5.0,
+            floor: Duration::from_millis(30),
+            max: Duration::from_secs(10),
+        };
+        load.observe(1e6, Some(&penalty), 2_000, decay_ns);
+        assert!((load.cost(2_000, decay_ns) - 150e6).abs() < 1.0);
+        // A report without the model's fields is read but changes nothing.
+        let other = EndpointLoad::new(30e6, 0);
+        other.record_report(&crate::LoadReport::default(), 1, 0);
+        assert!(!other.reported());
+        assert_eq!(other.report_counts(), (1, 0));
     }
 
     #[test]

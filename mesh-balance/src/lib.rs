@@ -13,6 +13,7 @@
 //! - [`health`]: the per-endpoint ejection handle a circuit breaker drives;
 //! - [`classify`]: which outcomes are failures;
 //! - [`latency`]: the set's observed p50/p95/p99, for retry and hedging decisions;
+//! - [`report`]: server-reported load (ORCA's `endpoint-load-metrics`), written and read;
 //! - [`config`]: every knob with its default and origin; [`error`]: typed errors.
 //!
 //! The design is Finagle's `p2cPeakEwma` balancer as Linkerd 2 runs it (defaults: 30 ms default RTT,
@@ -26,6 +27,7 @@ pub mod ewma;
 pub mod health;
 pub mod latency;
 pub mod p2c;
+pub mod report;
 
 #[cfg(test)]
 mod tests;
@@ -36,4 +38,7 @@ pub use error::{BoxError, BuildError, ConfigError, Error};
 pub use ewma::{Penalty, RttEstimate};
 pub use health::{Health, HealthState};
 pub use latency::{LatencyHistogram, LatencySummary};
-pub use p2c::{Avoid, Balance, Builder, Driver, Endpoint, EndpointStats, ResponseFuture};
+pub use p2c::{
+    Avoid, Balance, Builder, Driver, Endpoint, EndpointStats, ReportedLoad, ResponseFuture,
+};
+pub use report::{LoadReport, LoadTracker, ReportError};

@@ -30,6 +30,19 @@
 //! that takes a probe starts again from the default estimate: it is judged by the process that
 //! answers now, not by the penalties that got it ejected.
 //!
+//! **Server-reported load.** An endpoint whose responses carry a load report (its requests in
+//! flight, capacity and service time, see [`crate::report`]) is ranked by the time a new request
+//! would take there instead: wait for a slot plus service time
+//! ([`Classify::take_load_report`] reads the report and takes it off the response). The service
+//! time the server measures excludes queueing, so it is unbiased where the client's own RTT is
+//! inflated by it, and the server's in-flight count includes other clients' requests. Such a
+//! request compares [`Config::choices`] random candidates (default 5) rather than two: with a
+//! fresh view of each, more candidates remove the cases where both of two are busy or slow.
+//! Endpoints that have never reported keep exactly the peak-EWMA power of two choices (the first
+//! two draws are the same; more are drawn only when one of them reports). Failures of a reporting
+//! endpoint raise a penalty that overrides the completion time, charged as the peak-EWMA
+//! estimate's is. Each report is a handful of relaxed atomic stores on its endpoint; no lock.
+//!
 //! **Retries go elsewhere.** [`Balance::call_avoiding`] takes the endpoints earlier attempts of
 //! the same request used ([`Avoid`]) and picks another whenever one is available.
 //!
@@ -181,6 +194,19 @@ pub trait Avoid<K>: Send + Sync {
     fn record(&self, key: &K);
 }
 
+/// The latest load report an endpoint sent, as the balancer holds it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReportedLoad {
+    /// Requests in flight at the server when it answered (that response excluded).
+    pub in_flight: u32,
+    /// How many it serves at once.
+    pub capacity: u32,
+    /// Its recent mean time in the application.
+    pub service_time: Duration,
+    /// How long ago the report arrived.
+    pub age: Duration,
+}
+
 /// A read-only view of one endpoint's balancing state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointStats<K> {
@@ -194,6 +220,12 @@ pub struct EndpointStats<K> {
     pub health: HealthState,
     /// Its weight.
     pub weight: u32,
+    /// Its latest usable load report; `None` if it never sent one (peak-EWMA cost).
+    pub report: Option<ReportedLoad>,
+    /// Load reports read from its responses (usable or not, malformed excluded).
+    pub reports: u64,
+    /// Malformed load reports ignored.
+    pub malformed_reports: u64,
 }
 
 /// Configuration shared by every endpoint and request, resolved once at construction.
@@ -207,6 +239,7 @@ struct Common<C> {
     panic_threshold: f64,
     queue_capacity: usize,
     failfast_timeout: Duration,
+    choices: usize,
 }
 
 impl<C> Common<C> {
@@ -350,6 +383,7 @@ impl<C> Builder<C> {
             panic_threshold: config.panic_threshold,
             queue_capacity: config.queue_capacity,
             failfast_timeout: config.failfast_timeout,
+            choices: config.choices,
         });
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             members: Vec::new(),
@@ -540,12 +574,23 @@ impl<K: Clone, S, C> Balance<K, S, C> {
             .load()
             .members
             .iter()
-            .map(|m| EndpointStats {
-                key: m.key.clone(),
-                rtt_estimate: Duration::from_nanos(m.load.estimate_ns(now, decay) as u64),
-                pending: m.load.pending(),
-                health: m.health.state(),
-                weight: m.weight,
+            .map(|m| {
+                let (reports, malformed_reports) = m.load.report_counts();
+                EndpointStats {
+                    key: m.key.clone(),
+                    rtt_estimate: Duration::from_nanos(m.load.estimate_ns(now, decay) as u64),
+                    pending: m.load.pending(),
+                    health: m.health.state(),
+                    weight: m.weight,
+                    report: m.load.reported_load(now).map(|r| ReportedLoad {
+                        in_flight: r.in_flight,
+                        capacity: r.capacity,
+                        service_time: Duration::from_nanos(r.service_ns as u64),
+                        age: Duration::from_nanos(r.age_ns),
+                    }),
+                    reports,
+                    malformed_reports,
+                }
             })
             .collect()
     }
@@ -671,6 +716,7 @@ impl<K, S, C> Shared<K, S, C> {
             rng,
             now_ns,
             self.common.panic_threshold,
+            self.common.choices,
             avoid,
         ) {
             Choice::Member(member, probe) => {
@@ -708,7 +754,8 @@ enum Choice<'a, K, S, C> {
 /// Power of two choices with health, probes, panic mode, drained and avoided endpoints.
 ///
 /// Fast path (the common case): two distinct random members, both available, weighted and not
-/// avoided: the cheaper wins; no scan. Because the pair is uniform over the whole set, this is also a
+/// avoided: the cheaper wins; no scan. When one of them reports its load, `choices - 2` more are
+/// drawn and the cheapest usable one of all wins. Because the pair is uniform over the whole set, this is also a
 /// correct draw in panic mode. Otherwise one O(n) pass counts available and weighted members, picks
 /// the pool (available; all weighted in panic mode; everything if all are drained) and draws two from
 /// it, preferring, in this order, members that are neither refusing connections (panic mode only)
@@ -719,6 +766,7 @@ fn pick<'a, K, S, C>(
     rng: &mut Rng,
     now_ns: u64,
     panic_threshold: f64,
+    choices: usize,
     avoid: Option<&dyn Avoid<K>>,
 ) -> Choice<'a, K, S, C> {
     let n = members.len();
@@ -739,7 +787,15 @@ fn pick<'a, K, S, C>(
         let (a, b) = (&members[i], &members[j]);
         if a.eligible() && b.eligible() {
             match (avoided(a), avoided(b)) {
-                (false, false) => return Choice::Member(cheaper(a, b, now_ns), false),
+                (false, false) => {
+                    if choices > 2 && (a.load.reported() || b.load.reported()) {
+                        return Choice::Member(
+                            cheapest_of_more(members, (i, j), rng, now_ns, choices, &avoided),
+                            false,
+                        );
+                    }
+                    return Choice::Member(cheaper(a, b, now_ns), false);
+                }
                 (true, false) => return Choice::Member(b, false),
                 (false, true) => return Choice::Member(a, false),
                 (true, true) => {}
@@ -827,6 +883,61 @@ fn cheaper<'a, K, S, C>(
     }
 }
 
+/// The most candidates one request compares ([`Config::choices`]).
+pub(crate) const MAX_CHOICES: usize = 8;
+
+/// The cheapest of the drawn pair `(i, j)` and `choices - 2` more distinct random members that are
+/// eligible and not avoided (drawn without allocation; with `choices` or fewer members, all of
+/// them).
+#[inline]
+fn cheapest_of_more<'a, K, S, C>(
+    members: &'a [Arc<Member<K, S, C>>],
+    (i, j): (usize, usize),
+    rng: &mut Rng,
+    now_ns: u64,
+    choices: usize,
+    avoided: &dyn Fn(&Member<K, S, C>) -> bool,
+) -> &'a Arc<Member<K, S, C>> {
+    let n = members.len();
+    let mut best = cheaper(&members[i], &members[j], now_ns);
+    let mut best_cost = best.cost(now_ns);
+    let mut consider = |m: &'a Arc<Member<K, S, C>>, best: &mut &'a Arc<Member<K, S, C>>| {
+        if m.eligible() && !avoided(m) {
+            let cost = m.cost(now_ns);
+            if cost < best_cost {
+                best_cost = cost;
+                *best = m;
+            }
+        }
+    };
+    if n <= choices {
+        for (k, m) in members.iter().enumerate() {
+            if k != i && k != j {
+                consider(m, &mut best);
+            }
+        }
+        return best;
+    }
+    let mut drawn = [usize::MAX; MAX_CHOICES];
+    drawn[0] = i;
+    drawn[1] = j;
+    let want = choices.min(MAX_CHOICES);
+    let mut have = 2;
+    // Rejection sampling: with n > choices, each draw is new with probability > 1/2 at worst.
+    let mut tries = 0;
+    while have < want && tries < 4 * MAX_CHOICES {
+        tries += 1;
+        let k = rng.below(n);
+        if drawn[..have].contains(&k) {
+            continue;
+        }
+        drawn[have] = k;
+        have += 1;
+        consider(&members[k], &mut best);
+    }
+    best
+}
+
 fn nth<'a, K, S, C>(
     members: &'a [Arc<Member<K, S, C>>],
     pool: &Tier<'_, K, S, C>,
@@ -887,13 +998,30 @@ struct InFlight<K, S, C> {
 }
 
 impl<K, S, C> InFlight<K, S, C> {
-    /// Records the outcome: RTT (from the pick, endpoint readiness included) and classification.
-    fn complete<Rsp, E>(&mut self, result: &Result<Rsp, E>)
+    /// Records the outcome: the load report the response carries (taken off it), RTT (from the
+    /// pick, endpoint readiness included) and classification.
+    fn complete<Rsp, E>(&mut self, result: &mut Result<Rsp, E>)
     where
         C: Classify<Rsp, E>,
     {
         self.done = true;
         let common = &self.member.common;
+        if let Ok(rsp) = result {
+            match common.classify.take_load_report(rsp) {
+                None => {}
+                Some(Ok(report)) => {
+                    // Ours in flight when it answered: this request is still counted.
+                    let ours = self.member.load.pending().saturating_sub(1);
+                    self.member
+                        .load
+                        .record_report(&report, common.now_ns(), ours);
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "ignoring a malformed load report");
+                    self.member.load.record_malformed();
+                }
+            }
+        }
         let outcome = common.classify.outcome(result);
         if outcome == Outcome::NoVerdict {
             // Nothing learned; an unused probe goes back so another request can probe.
@@ -1024,18 +1152,18 @@ where
                         this.state.set(State::Called { in_flight, future });
                     }
                     Err(e) => {
-                        let result = Err(e);
+                        let mut result = Err(e);
                         if let Some(mut in_flight) = in_flight.take() {
-                            in_flight.complete(&result);
+                            in_flight.complete(&mut result);
                         }
                         this.state.set(State::Done);
                         return Poll::Ready(result.map_err(Into::into));
                     }
                 },
                 StateProj::Called { in_flight, future } => {
-                    let result = ready!(future.poll(cx));
+                    let mut result = ready!(future.poll(cx));
                     if let Some(mut in_flight) = in_flight.take() {
-                        in_flight.complete(&result);
+                        in_flight.complete(&mut result);
                     }
                     this.state.set(State::Done);
                     return Poll::Ready(result.map_err(Into::into));

@@ -789,3 +789,131 @@ async fn a_failure_found_in_the_trailers_is_charged_to_the_endpoint() {
         lb.endpoints()[0]
     );
 }
+
+// === server-reported load ===
+
+/// Endpoints that never report keep exactly the power-of-two-choices picks, whatever
+/// [`Config::choices`] says: the same seed gives the same calls with 2 and with 5 candidates.
+#[tokio::test(start_paused = true)]
+async fn endpoints_that_never_report_keep_the_two_choice_picks() {
+    let mut counts = Vec::new();
+    for choices in [2, 5] {
+        let (lb, tx) = balancer(Config {
+            choices,
+            ..config()
+        });
+        let backends: Vec<Backend> = (0..6).map(|i| Backend::new(5 + 7 * i)).collect();
+        for (i, b) in backends.iter().enumerate() {
+            insert(&tx, i, Endpoint::new(b.clone()));
+        }
+        settle(&lb, 6).await;
+        let statuses = load(&lb, 1, 300).await;
+        assert!(statuses.iter().all(|s| *s == 200));
+        counts.push(backends.iter().map(Backend::calls).collect::<Vec<_>>());
+    }
+    assert_eq!(counts[0], counts[1]);
+}
+
+/// An endpoint that answers with its server's load report.
+#[derive(Clone)]
+struct Reporting {
+    backend: Backend,
+    tracker: Arc<crate::LoadTracker>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Reporting {
+    fn new(latency_ms: u64, capacity: u32) -> Self {
+        Self {
+            backend: Backend::new(latency_ms),
+            tracker: Arc::new(crate::LoadTracker::new(capacity)),
+            slots: Arc::new(tokio::sync::Semaphore::new(capacity as usize)),
+        }
+    }
+}
+
+impl Service<u32> for Reporting {
+    type Response = (u16, Option<crate::LoadReport>);
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.backend.calls.fetch_add(1, Ordering::Relaxed);
+        let started = crate::LoadTracker::start(&self.tracker);
+        let (slots, latency) = (self.slots.clone(), self.backend.latency);
+        Box::pin(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            tokio::time::sleep(latency).await;
+            Ok((200, Some(started.finish(latency))))
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TakeReport;
+
+impl crate::Classify<(u16, Option<crate::LoadReport>), Infallible> for TakeReport {
+    fn is_failure(&self, r: &Result<(u16, Option<crate::LoadReport>), Infallible>) -> bool {
+        matches!(r, Ok((s, _)) if *s >= 500)
+    }
+
+    fn take_load_report(
+        &self,
+        rsp: &mut (u16, Option<crate::LoadReport>),
+    ) -> Option<Result<crate::LoadReport, crate::ReportError>> {
+        rsp.1.take().map(Ok)
+    }
+}
+
+/// With reports, requests go where they complete first: the 40 ms endpoint gets (almost) none,
+/// and the 10 ms endpoint that serves one at a time gets requests only when it is free (a tie
+/// with the one serving 8), so the big one carries most.
+#[tokio::test(start_paused = true)]
+async fn reports_steer_requests_by_expected_completion_time() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut lb = Balance::builder(config())
+        .classify(TakeReport)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    let eps = [
+        Reporting::new(10, 8),
+        Reporting::new(10, 1),
+        Reporting::new(40, 8),
+    ];
+    for (i, ep) in eps.iter().enumerate() {
+        tx.send(Ok::<_, Infallible>(Change::Insert(
+            i,
+            Endpoint::new(ep.clone()),
+        )))
+        .unwrap();
+    }
+    for _ in 0..1000 {
+        if lb.len() == 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Open loop: a request every 2 ms for 4 s (5 in flight on average at the big fast one).
+    let mut pending = Vec::new();
+    for i in 0..2000 {
+        pending.push(tokio::spawn(lb.ready().await.unwrap().call(i)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap().unwrap().0, 200);
+    }
+    let calls: Vec<usize> = eps.iter().map(|e| e.backend.calls()).collect();
+    assert!(calls[2] <= 10, "{calls:?}");
+    assert!(calls[0] > 3 * calls[1], "{calls:?}");
+    let stats = lb.endpoints();
+    for s in &stats {
+        let r = s.report.expect("every endpoint reported");
+        let want = if s.key == 2 { 40 } else { 10 };
+        assert_eq!(r.service_time, Duration::from_millis(want), "{s:?}");
+        assert_eq!(s.malformed_reports, 0);
+    }
+}
