@@ -403,39 +403,108 @@ mod tests {
         .starts_with("window 0ns"));
     }
 
-    /// Threads hammer a budget whose 1 ms slots are recycled all the time, each depositing and
-    /// withdrawing: however they interleave with the recycling, no more retries succeed than the
-    /// reserve plus the deposits allow (the run is shorter than the window).
+    /// A withdrawal made while its slot is being recycled for a new epoch is counted, however
+    /// the threads interleave: after every epoch step, the budget's balance is exactly the reserve
+    /// minus the retries it granted, and draining it at the end grants exactly the reserve.
+    ///
+    /// Several threads withdraw at the same instant right after the clock (paused, shared through
+    /// the runtime handle) enters a new epoch, so one of them recycles the slot while the others
+    /// withdraw into it. An earlier design reset a recycled slot's counters with plain stores after
+    /// switching its epoch, erasing withdrawals that landed in between: the balance then came out
+    /// higher than reserve − granted (a retry granted for free; the budget overspends) or, when the
+    /// erased withdrawal was then undone, wrapped far below zero. Epochs are stepped by the test,
+    /// never by the wall clock, and every wait is bounded, so the check holds on a loaded machine.
     #[test]
-    fn withdrawals_racing_slot_recycling_never_overspend() {
-        let reserve_per_sec: u32 = 10;
-        let budget = Budget::new(BudgetConfig {
-            window: Duration::from_secs(1),
-            slots: 1000,
-            min_per_sec: reserve_per_sec,
-            ratio: 0.5,
-        })
-        .unwrap();
-        let started = std::time::Instant::now();
-        let successes = std::sync::atomic::AtomicU64::new(0);
-        let deposits = std::sync::atomic::AtomicU64::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..4 {
-                scope.spawn(|| {
-                    while started.elapsed() < Duration::from_millis(400) {
-                        budget.deposit();
-                        deposits.fetch_add(1, Ordering::Relaxed);
-                        if budget.withdraw() {
-                            successes.fetch_add(1, Ordering::Relaxed);
+    fn withdrawals_racing_slot_recycling_are_never_erased() {
+        const THREADS: u64 = 4;
+        const PER_EPOCH: u64 = 2;
+        const SLOTS: u32 = 1000;
+        const RUNS: usize = 3;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        let _enter = rt.enter();
+        let slot = Duration::from_millis(1);
+        let reserve = u64::from(SLOTS) * THREADS * PER_EPOCH;
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        let mut granted = 0;
+        for _ in 0..RUNS {
+            // Every epoch of a run lies within one window, so nothing expires: the balance is the
+            // reserve minus what was granted.
+            let budget = Budget::new(BudgetConfig {
+                window: slot * SLOTS,
+                slots: SLOTS,
+                min_per_sec: u32::try_from(reserve).unwrap(),
+                ratio: 0.0,
+            })
+            .unwrap();
+            let epoch = AtomicU64::new(0);
+            let arrived = AtomicU64::new(0);
+            let successes = AtomicU64::new(0);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let mut wrong = None;
+            std::thread::scope(|scope| {
+                for _ in 0..THREADS {
+                    scope.spawn(|| {
+                        let _enter = handle.enter();
+                        for e in 1..u64::from(SLOTS) {
+                            let mut spins = 0u32;
+                            while epoch.load(Ordering::Acquire) < e {
+                                if stop.load(Ordering::Acquire) {
+                                    return;
+                                }
+                                spins += 1;
+                                if spins % 64 == 0 {
+                                    std::thread::yield_now();
+                                }
+                                std::hint::spin_loop();
+                            }
+                            for _ in 0..PER_EPOCH {
+                                if budget.withdraw() {
+                                    successes.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            arrived.fetch_add(1, Ordering::AcqRel);
                         }
+                    });
+                }
+                'epochs: for e in 1..u64::from(SLOTS) {
+                    rt.block_on(tokio::time::advance(slot));
+                    epoch.store(e, Ordering::Release);
+                    while arrived.load(Ordering::Acquire) < e * THREADS {
+                        if std::time::Instant::now() > give_up {
+                            wrong = Some(format!("epoch {e}: workers stalled"));
+                            break 'epochs;
+                        }
+                        std::thread::yield_now();
                     }
-                });
+                    let spent = successes.load(Ordering::Relaxed);
+                    let available = budget.available();
+                    if available != reserve - spent {
+                        wrong = Some(format!(
+                            "epoch {e}: {spent} retries granted from a reserve of {reserve}, \
+                             so {} must be left, but the budget has {available}",
+                            reserve - spent
+                        ));
+                        break;
+                    }
+                }
+                stop.store(true, Ordering::Release);
+            });
+            if let Some(wrong) = wrong {
+                panic!("{wrong}");
             }
-        });
-        let spent = successes.load(Ordering::Relaxed);
-        let allowed = u64::from(reserve_per_sec) + deposits.load(Ordering::Relaxed) / 2;
-        assert!(spent <= allowed, "{spent} retries spent, {allowed} allowed");
-        assert!(spent > 0);
+            let mut spent = successes.load(Ordering::Relaxed);
+            while budget.withdraw() {
+                spent += 1;
+            }
+            assert_eq!(spent, reserve, "the budget granted more than its reserve");
+            granted += spent;
+        }
+        assert_eq!(granted, reserve * RUNS as u64);
     }
 
     #[test]
