@@ -33,6 +33,7 @@
 //! dtab = ""                         # extra rules after the built-in "/inbound => /app;"
 //! trust_overrides = true           # honour overrides from callers with a verified identity
 //! app_protocol = "auto"            # to the app: auto, http1, h2
+//! load_reports = 8                 # report load to callers, the app serving 8 at once; absent: off
 //!
 //! [admin]
 //! listen = "0.0.0.0:9990"          # /metrics /ready /live /stat /graph.json /delegator /config
@@ -181,6 +182,10 @@ pub struct InboundFile {
     /// Protocol to the local application: `"auto"` (default: each request's own version),
     /// `"http1"` or `"h2"`.
     pub app_protocol: Option<Spanned<String>>,
+    /// Attach the load (in flight, this capacity, time in the application) to every inbound
+    /// response for the callers' balancers, the application serving this many requests at once
+    /// (at least 1); absent: no load reports.
+    pub load_reports: Option<u32>,
 }
 
 /// `[admin]`.
@@ -367,6 +372,8 @@ pub struct Inbound {
     pub trust_overrides: bool,
     /// The protocol to the application.
     pub app_protocol: Protocol,
+    /// Load reports on inbound responses, if on.
+    pub load_reports: Option<crate::load_report::LoadReportConfig>,
 }
 
 /// TLS settings.
@@ -587,6 +594,11 @@ impl Config {
                     dtab: base.concat(&extra),
                     trust_overrides: raw.inbound.trust_overrides.unwrap_or(true),
                     app_protocol: c.protocol(&raw.inbound.app_protocol)?,
+                    load_reports: raw.inbound.load_reports.map(|capacity| {
+                        crate::load_report::LoadReportConfig {
+                            capacity: capacity.max(1),
+                        }
+                    }),
                 })
             }
         };
@@ -991,10 +1003,13 @@ impl Config {
     }
 
     /// The inbound server's layers: mTLS in the file's mode and authorization (feature `tls`),
-    /// and the file's drain bound.
+    /// load reports when `[inbound] load_reports` is set, and the file's drain bound.
     pub fn server(&self) -> Result<ServerBuilder, BuildError> {
         #[allow(unused_mut)]
         let mut server = crate::server().limits(self.server_limits());
+        if let Some(reports) = self.inbound.as_ref().and_then(|i| i.load_reports.clone()) {
+            server = server.load_reports(reports);
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let credentials = mesh_tls::Credentials::from_files(&tls.paths)?;

@@ -16,6 +16,7 @@ dtab = "/svc => /srv;"
 [inbound]
 listen = "127.0.0.1:14143"
 app = "127.0.0.1:8080"
+load_reports = 16
 [admin]
 listen = "127.0.0.1:19990"
 [limits]
@@ -63,6 +64,10 @@ hedge = { delay = "20ms" }
     );
     let inbound = config.inbound.unwrap();
     assert_eq!(inbound.dtab.to_string(), "/inbound => /app");
+    assert_eq!(
+        inbound.load_reports,
+        Some(crate::load_report::LoadReportConfig { capacity: 16 })
+    );
 }
 
 #[test]
