@@ -16,11 +16,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `Default` is the empty body.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Boxes any body with `Bytes` frames into a [`Body`].
+/// Boxes any body with `Bytes` frames into a [`Body`]; a [`Body`] is returned as it is (no
+/// second box around the first).
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    let mut slot = Some(body);
+    if let Some(boxed) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>() {
+        return boxed.take().unwrap_or_default();
+    }
+    match slot {
+        Some(body) => body.map_err(Into::into).boxed_unsync(),
+        None => Body::default(),
+    }
 }

@@ -20,6 +20,8 @@
 //! ```toml
 //! # How long SIGTERM waits for requests in flight before the process exits (default "10s").
 //! drain_timeout = "10s"
+//! # Log each request of the listeners at INFO: method, URI, status, latency (default false).
+//! access_log = false
 //!
 //! [outbound]
 //! listen = "127.0.0.1:4140"        # the HTTP proxy the local app uses (http_proxy=...)
@@ -48,11 +50,21 @@
 //! trust_domains = ["example.org"]
 //! allow_unauthenticated = false    # plaintext callers in permissive mode
 //!
-//! [limits]
+//! [limits]                         # every limit, with its production default (see [`Limits`])
 //! max_pending = 1024               # requests waiting for an endpoint per service (503 beyond)
 //! max_in_flight = 1024             # requests dispatched at once per service
 //! endpoint_concurrency = 1024      # requests in flight per endpoint
 //! connect_timeout = "1s"
+//! max_connections = 10000          # open connections per listener; beyond: closed at once
+//! max_concurrent_streams = 128     # HTTP/2 streams per connection; beyond: REFUSED_STREAM
+//! max_header_bytes = 16384         # request head size (8 KiB to 1 MiB); beyond: 431
+//! max_headers = 100                # header fields of an HTTP/1 request; beyond: 431
+//! max_request_body_bytes = 16777216  # request body; beyond: 413
+//! retry_buffer_bytes = 65536       # bodies up to this size are buffered for retries and hedges
+//! first_byte_timeout = "10s"       # accept to first byte; then closed
+//! header_read_timeout = "10s"      # an HTTP/1 request head, from its first byte; then closed
+//! handshake_timeout = "10s"        # the inbound TLS handshake; then closed
+//! idle_timeout = "60s"             # a connection without requests in flight; then closed
 //!
 //! [[service]]                      # a discovery source bound to a dtab name
 //! name = "/srv/world"
@@ -134,6 +146,8 @@ pub const INBOUND_NAME: &str = "/inbound";
 pub struct ConfigFile {
     /// How long SIGTERM waits for in-flight requests (default `"10s"`).
     pub drain_timeout: Option<Spanned<String>>,
+    /// Log every request and response of the listeners at `INFO` (default false).
+    pub access_log: bool,
     /// The outbound listener.
     pub outbound: OutboundFile,
     /// The inbound listener.
@@ -224,7 +238,7 @@ pub struct AuthorizeFile {
     pub allow_unauthenticated: bool,
 }
 
-/// `[limits]`.
+/// `[limits]` (defaults: [`Limits::default`]).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsFile {
@@ -236,6 +250,27 @@ pub struct LimitsFile {
     pub endpoint_concurrency: Option<Spanned<usize>>,
     /// TCP connect timeout (default `"1s"`).
     pub connect_timeout: Option<Spanned<String>>,
+    /// Connections open at once per listener (default 10000).
+    pub max_connections: Option<Spanned<usize>>,
+    /// Concurrent HTTP/2 streams per connection (default 128).
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Largest request head in bytes (default 16384).
+    pub max_header_bytes: Option<Spanned<usize>>,
+    /// Most header fields of an HTTP/1 request (default 100).
+    pub max_headers: Option<Spanned<usize>>,
+    /// Largest request body in bytes (default 16777216).
+    pub max_request_body_bytes: Option<Spanned<usize>>,
+    /// Request bodies up to this size are buffered so they can be retried or hedged
+    /// (default 65536).
+    pub retry_buffer_bytes: Option<Spanned<usize>>,
+    /// Time from accept to a connection's first byte (default `"10s"`).
+    pub first_byte_timeout: Option<Spanned<String>>,
+    /// Time to read an HTTP/1 request head once begun (default `"10s"`).
+    pub header_read_timeout: Option<Spanned<String>>,
+    /// Time for the inbound TLS handshake, protocol detection included (default `"10s"`).
+    pub handshake_timeout: Option<Spanned<String>>,
+    /// Time a connection may stay without a request in flight (default `"60s"`).
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[[service]]`: exactly one of `endpoints`, `file`, `dns`, `srv`.
@@ -420,7 +455,60 @@ pub struct Config {
     pub endpoint_concurrency: usize,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
+    /// The listeners' and request bodies' limits.
+    pub limits: Limits,
+    /// Whether the listeners log every request (`access_log = true`).
+    pub access_log: bool,
 }
+
+/// What one request and one connection may take, from `[limits]`. `Default` gives the
+/// production defaults:
+///
+/// | limit | default | beyond it |
+/// |---|---|---|
+/// | `max_connections` | 10,000 per listener | the new connection is closed at once |
+/// | `max_concurrent_streams` | 128 per HTTP/2 connection | the stream is refused (`REFUSED_STREAM`) |
+/// | `max_header_bytes` | 16 KiB | `431 Request Header Fields Too Large` |
+/// | `max_headers` | 100 (HTTP/1) | `431` |
+/// | `max_request_body_bytes` | 16 MiB | `413 Payload Too Large` (at once for a `Content-Length` over it, else when the body passes it) |
+/// | `retry_buffer_bytes` | 64 KiB | a larger body is streamed once, never retried nor hedged |
+/// | `first_byte_timeout` | 10 s | the connection is closed |
+/// | `header_read_timeout` | 10 s from the head's first byte | the connection is closed (`408` when hyper can still answer) |
+/// | `handshake_timeout` | 10 s for the inbound TLS handshake | the connection is closed |
+/// | `idle_timeout` | 60 s without a request in flight | the connection is closed |
+/// | `drain_timeout` (top level) | 10 s after SIGTERM | the connections left are closed |
+/// | `max_pending`, `max_in_flight` | 1,024 per service | `503` with `l5d-err` |
+/// | `endpoint_concurrency` | 1,024 per endpoint | the balancer picks another endpoint, or the request waits |
+///
+/// HTTP/2 connections are also bounded by the server's fixed settings: 16 KiB frames, 20 streams
+/// reset before being served and 1,024 reset for errors per connection (the "rapid reset"
+/// bound), keepalive PINGs every 20 s (see [`crate::accept`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connection timers, head limits, connection and stream caps of each listener.
+    pub server: mesh_server::ServerConfig,
+    /// Largest request body, in bytes.
+    pub max_request_body_bytes: usize,
+    /// Largest request body buffered for retries and hedges, in bytes.
+    pub retry_buffer_bytes: usize,
+    /// Time for the inbound TLS handshake, protocol detection included.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            server: mesh_server::ServerConfig::default().drain_timeout(DEFAULT_DRAIN),
+            max_request_body_bytes: 16 * 1024 * 1024,
+            retry_buffer_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The proxy's drain bound after SIGTERM (Kubernetes' default grace period is 30 s: the proxy
+/// finishes well within it).
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 /// A configuration problem, located in the file.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -578,7 +666,7 @@ impl Config {
         let outbound_dtab = c.dtab(&raw.outbound.dtab)?;
         let drain_timeout = match &raw.drain_timeout {
             Some(v) => c.duration(v)?,
-            None => Duration::from_secs(10),
+            None => DEFAULT_DRAIN,
         };
 
         let inbound = match &raw.inbound.app {
@@ -656,6 +744,8 @@ impl Config {
             None => crate::connect::DEFAULT_CONNECT_TIMEOUT,
         };
 
+        let limits = Self::limits(c, &raw.limits, drain_timeout)?;
+
         #[cfg(feature = "tls")]
         let tls = match &raw.tls {
             None => None,
@@ -681,8 +771,78 @@ impl Config {
             shed,
             endpoint_concurrency,
             connect_timeout,
+            limits,
+            access_log: raw.access_log,
             file: raw,
         })
+    }
+
+    fn limits(c: &Checker<'_>, l: &LimitsFile, drain: Duration) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        let server = &mut limits.server;
+        server.drain_timeout = drain;
+        let mut span = 0..0;
+        let mut take = |v: &Option<Spanned<usize>>, slot: &mut usize| {
+            if let Some(v) = v {
+                *slot = *v.get_ref();
+                span = v.span();
+            }
+        };
+        take(&l.max_connections, &mut server.max_connections);
+        take(&l.max_header_bytes, &mut server.max_header_bytes);
+        take(&l.max_headers, &mut server.max_headers);
+        if let Some(v) = &l.max_concurrent_streams {
+            server.h2_max_concurrent_streams = *v.get_ref();
+        }
+        for (value, slot) in [
+            (&l.first_byte_timeout, &mut server.first_byte_timeout),
+            (&l.header_read_timeout, &mut server.header_read_timeout),
+            (&l.idle_timeout, &mut server.idle_timeout),
+            (&l.handshake_timeout, &mut limits.handshake_timeout),
+        ] {
+            if let Some(v) = value {
+                *slot = c.duration(v)?;
+            }
+        }
+        // Point at the setting the server names, else at the last one given.
+        server.validate().map_err(|e| {
+            let named = match &e {
+                mesh_server::ServerError::Config { field, .. } => match *field {
+                    "max_connections" => l.max_connections.as_ref().map(Spanned::span),
+                    "max_header_bytes" => l.max_header_bytes.as_ref().map(Spanned::span),
+                    "max_headers" => l.max_headers.as_ref().map(Spanned::span),
+                    "h2_max_concurrent_streams" => {
+                        l.max_concurrent_streams.as_ref().map(Spanned::span)
+                    }
+                    "first_byte_timeout" => l.first_byte_timeout.as_ref().map(Spanned::span),
+                    "header_read_timeout" => l.header_read_timeout.as_ref().map(Spanned::span),
+                    "idle_timeout" => l.idle_timeout.as_ref().map(Spanned::span),
+                    _ => None,
+                },
+                _ => None,
+            };
+            c.at(named.unwrap_or(span.clone()), format!("[limits] {e}"))
+        })?;
+        for (value, slot, name) in [
+            (
+                &l.max_request_body_bytes,
+                &mut limits.max_request_body_bytes,
+                "max_request_body_bytes",
+            ),
+            (
+                &l.retry_buffer_bytes,
+                &mut limits.retry_buffer_bytes,
+                "retry_buffer_bytes",
+            ),
+        ] {
+            if let Some(v) = value {
+                if *v.get_ref() == 0 {
+                    return Err(c.at(v.span(), format!("{name} must be at least 1")));
+                }
+                *slot = *v.get_ref();
+            }
+        }
+        Ok(limits)
     }
 
     fn service(c: &Checker<'_>, s: &ServiceFile) -> Result<Service, ConfigError> {
@@ -995,18 +1155,18 @@ impl Config {
         Ok(Some(builder.client(move |d| template(d)).build()?))
     }
 
-    /// Connection limits of the listeners, with the file's drain bound.
+    /// Connection limits of the listeners (`[limits]`), with the file's drain bound.
     pub fn server_limits(&self) -> mesh_server::ServerConfig {
-        let mut limits = mesh_server::ServerConfig::default();
-        limits.drain_timeout = self.drain_timeout;
-        limits
+        self.limits.server.clone()
     }
 
     /// The inbound server's layers: mTLS in the file's mode and authorization (feature `tls`),
     /// load reports when `[inbound] load_reports` is set, and the file's drain bound.
     pub fn server(&self) -> Result<ServerBuilder, BuildError> {
         #[allow(unused_mut)]
-        let mut server = crate::server().limits(self.server_limits());
+        let mut server = crate::server()
+            .limits(self.server_limits())
+            .access_log(self.access_log);
         if let Some(reports) = self.inbound.as_ref().and_then(|i| i.load_reports.clone()) {
             server = server.load_reports(reports);
         }
@@ -1015,7 +1175,7 @@ impl Config {
             let credentials = mesh_tls::Credentials::from_files(&tls.paths)?;
             let config = mesh_tls::server::AcceptorConfig {
                 mode: tls.mode,
-                ..Default::default()
+                handshake_timeout: self.limits.handshake_timeout,
             };
             server = server.tls(credentials, config);
             if let Some(policy) = &tls.authorize {
@@ -1029,6 +1189,87 @@ impl Config {
     /// running clients and only swap tables).
     pub fn same_services(&self, other: &Config) -> bool {
         self.services == other.services
+    }
+
+    /// Whether the clients [`Config::clients`] builds from `other` would be the same as this
+    /// file's: then a reload swaps only the route table and the dtabs, and keeps the warm
+    /// clients (pools, balancer estimates, breakers).
+    pub fn same_clients(&self, other: &Config) -> bool {
+        let app = |c: &Config| {
+            c.inbound
+                .as_ref()
+                .map(|i| (i.app, i.app_protocol, i.trust_overrides))
+        };
+        self.same_services(other)
+            && self.outbound_protocol == other.outbound_protocol
+            && self.outbound_trust_overrides == other.outbound_trust_overrides
+            && self.shed == other.shed
+            && self.endpoint_concurrency == other.endpoint_concurrency
+            && self.connect_timeout == other.connect_timeout
+            && self.limits.retry_buffer_bytes == other.limits.retry_buffer_bytes
+            && app(self) == app(other)
+    }
+
+    /// The client settings of every bound name, as a proxy uses them: every mesh feature at its
+    /// default (metrics into `telemetry`, balancer, budgeted retries, deadlines, breaker), this
+    /// file's limits, and mTLS with `credentials` to endpoints that discovery gives an identity.
+    /// `succession` lets the clients of a reload take over the running clients' metric names.
+    #[cfg(feature = "tls")]
+    pub fn client_template(
+        &self,
+        telemetry: &mesh_core::metrics::Telemetry,
+        credentials: Option<&mesh_tls::Credentials>,
+        protocol: Protocol,
+        succession: mesh_core::metrics::Succession,
+    ) -> ClientTemplate {
+        let (telemetry, credentials) = (telemetry.clone(), credentials.cloned());
+        let (shed, cap, connect) = (self.shed, self.endpoint_concurrency, self.connect_timeout);
+        let retry = mesh_core::retry::RetryConfig {
+            buffer_limit: self.limits.retry_buffer_bytes,
+            ..Default::default()
+        };
+        std::sync::Arc::new(move |discovery| {
+            let mut b = crate::client(discovery)
+                .protocol(protocol)
+                .telemetry(telemetry.clone())
+                .succession(succession)
+                .retry(Some(retry))
+                .shed(shed)
+                .endpoint_concurrency(cap)
+                .connect_timeout(connect);
+            if let Some(credentials) = &credentials {
+                b = b.tls_settings(crate::client::TlsSettings {
+                    credentials: credentials.clone(),
+                    require_identity: false,
+                });
+            }
+            b
+        })
+    }
+
+    /// The outbound and (with `[inbound] app`) inbound routed clients, each bound name's client
+    /// made by [`Config::client_template`].
+    #[cfg(feature = "tls")]
+    #[allow(clippy::type_complexity)]
+    pub fn clients<B>(
+        &self,
+        telemetry: &mesh_core::metrics::Telemetry,
+        credentials: Option<&mesh_tls::Credentials>,
+        succession: mesh_core::metrics::Succession,
+    ) -> Result<(RoutedClient<B>, Option<RoutedClient<B>>), BuildError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let template =
+            |protocol| self.client_template(telemetry, credentials, protocol, succession);
+        let outbound = self.outbound(template(self.outbound_protocol))?;
+        let protocol = self
+            .inbound
+            .as_ref()
+            .map_or(Protocol::Auto, |i| i.app_protocol);
+        let inbound = self.inbound(template(protocol))?;
+        Ok((outbound, inbound))
     }
 }
 
@@ -1087,6 +1328,7 @@ impl Service {
 }
 
 pub mod inject;
-
+#[cfg(all(feature = "admin", feature = "tls"))]
+pub mod reload;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,8 @@
 //! | no endpoints, none available, load shed | 503 | 14 UNAVAILABLE |
 //! | connect failed (refused, timed out, TLS), endpoint closed mid-request | 502 | 14 UNAVAILABLE |
 //! | request without authority or with an invalid URI | 400 | 13 INTERNAL |
+//! | request body over the server's limit (tower-http's `RequestBodyLimit`) | 413 | 8 RESOURCE_EXHAUSTED |
+//! | request body the caller sent broken (invalid chunked encoding, cut short) | 400 | 13 INTERNAL |
 //!
 //! [`MapErrors`] is the layer that does it for a whole service; [`crate::server()`] puts it in front
 //! of the application's service.
@@ -42,6 +44,9 @@ use crate::client::Error as ClientError;
 
 /// gRPC status code INTERNAL.
 const GRPC_INTERNAL: u16 = 13;
+
+/// gRPC status code RESOURCE_EXHAUSTED.
+const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 
 /// The longest `l5d-err` value sent; longer messages are cut.
 const MAX_MESSAGE: usize = 512;
@@ -79,6 +84,13 @@ pub fn error_response(error: &(dyn StdError + 'static), grpc: bool) -> Response<
 /// The status by cause (see the module table).
 fn classify(error: &(dyn StdError + 'static)) -> (StatusCode, u16) {
     const UNAVAILABLE: u16 = mesh_core::error::GRPC_UNAVAILABLE;
+    // A body streamed past the limit fails where it is read: forwarding it, or buffering it.
+    if find::<http_body_util::LengthLimitError>(error).is_some() {
+        return (StatusCode::PAYLOAD_TOO_LARGE, GRPC_RESOURCE_EXHAUSTED);
+    }
+    if caller_body_failed(error) {
+        return (StatusCode::BAD_REQUEST, GRPC_INTERNAL);
+    }
     if let Some(client) = find::<ClientError>(error) {
         match client {
             ClientError::MissingAuthority | ClientError::InvalidUri(_) => {
@@ -94,12 +106,49 @@ fn classify(error: &(dyn StdError + 'static)) -> (StatusCode, u16) {
     (StatusCode::BAD_GATEWAY, UNAVAILABLE)
 }
 
+/// Whether forwarding failed because the caller's request body could not be read. Either the
+/// forwarding connection's "error from user's Body stream" (a hyper error) has the server
+/// connection's body error (another hyper error) as a cause, or the server connection's body
+/// error reached us directly: a hyper error caused by an `InvalidInput` I/O error, which is how
+/// hyper's decoder reports an invalid chunked encoding. An endpoint's own failures before its
+/// response head are parse, connection and I/O errors of another kind.
+fn caller_body_failed(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    let mut hyper_user = false;
+    let mut hyper_seen = false;
+    while let Some(mut error) = next {
+        // `client::Error::Other` is transparent: its source chain skips the error it holds.
+        if let Some(ClientError::Other(inner)) = error.downcast_ref::<ClientError>() {
+            error = &**inner;
+        }
+        if let Some(e) = error.downcast_ref::<hyper::Error>() {
+            if hyper_user {
+                return true;
+            }
+            hyper_user = e.is_user();
+            hyper_seen = true;
+        } else if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if hyper_seen && io.kind() == std::io::ErrorKind::InvalidInput {
+                return true;
+            }
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// The first error of the chain that is an `E`.
 fn find<'a, E: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a E> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(found) = error.downcast_ref::<E>() {
             return Some(found);
+        }
+        // `client::Error::Other` is transparent: its source chain skips the error it holds.
+        if let Some(ClientError::Other(inner)) = error.downcast_ref::<ClientError>() {
+            if let Some(found) = inner.downcast_ref::<E>() {
+                return Some(found);
+            }
         }
         next = error.source();
     }

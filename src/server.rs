@@ -57,6 +57,9 @@ use mesh_core::metrics::Telemetry;
 use mesh_server::{Listener, Plain, Server, ServerConfig};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
 
 use crate::body::{boxed, Body, BoxError};
 use crate::load_report::{LoadReportConfig, ReportLoad};
@@ -73,6 +76,7 @@ pub fn server() -> ServerBuilder {
 pub struct ServerBuilder {
     deadline: DeadlineConfig,
     limits: ServerConfig,
+    access_log: bool,
     telemetry: Option<(Telemetry, String)>,
     load_report: Option<LoadReportConfig>,
     #[cfg(feature = "tls")]
@@ -96,7 +100,14 @@ pub enum ServerError {
 }
 
 /// The inbound stack in front of an application's service, as [`ServerBuilder::layer`] makes it.
-pub type Inbound = BoxCloneSyncService<http::Request<Incoming>, http::Response<Body>, BoxError>;
+pub type Inbound =
+    BoxCloneSyncService<http::Request<Incoming>, http::Response<InboundBody>, BoxError>;
+
+/// The response body of the [`Inbound`] stack: boxed once, by tower-http's panic catcher.
+pub type InboundBody = tower_http::body::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+/// The stack below the panic catcher.
+type Stack = BoxCloneSyncService<http::Request<Incoming>, http::Response<Body>, BoxError>;
 
 // === impl ServerBuilder ===
 
@@ -119,6 +130,14 @@ impl ServerBuilder {
     /// [`load_report`](crate::load_report)). Off by default.
     pub fn load_reports(mut self, config: LoadReportConfig) -> Self {
         self.load_report = Some(config);
+        self
+    }
+
+    /// Logs every request (method, URI, version) and its response (status, latency in µs) at
+    /// `INFO` level, with tower-http's `TraceLayer` (default off: the layer reads the clock twice
+    /// and wraps the response body, which a busy proxy need not pay for).
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
         self
     }
 
@@ -169,31 +188,55 @@ impl ServerBuilder {
             layer: "deadline",
             reason: e.to_string(),
         })?;
+        // `boxed` leaves a body that is boxed already (a meshwork client's, a proxy's) as it is.
         let app = ServiceBuilder::new()
             .layer(Deadlines::layer(self.deadline, DeadlineStats::default()))
             .layer(MapErrorsLayer)
             .map_response(|rsp: http::Response<B>| rsp.map(boxed))
             .option_layer(self.load_report.clone().map(ReportLoad::layer))
             .service(app);
-        let app: Inbound = match &self.telemetry {
+        let app: Stack = match &self.telemetry {
             Some((telemetry, service)) => {
                 BoxCloneSyncService::new(telemetry.inbound_layer(service, peer_name).layer(app))
             }
             None => BoxCloneSyncService::new(app),
         };
         #[cfg(feature = "tls")]
-        if let Some(policy) = &self.authz {
-            let authz = mesh_tls::authz::Authorize::layer(policy.clone()).map_err(|e| {
-                ServerError::Config {
-                    layer: "authorization",
-                    reason: e.to_string(),
-                }
-            })?;
-            return Ok(BoxCloneSyncService::new(
-                ServiceBuilder::new().layer(authz).service(app),
-            ));
+        let app = match &self.authz {
+            Some(policy) => {
+                let authz = mesh_tls::authz::Authorize::layer(policy.clone()).map_err(|e| {
+                    ServerError::Config {
+                        layer: "authorization",
+                        reason: e.to_string(),
+                    }
+                })?;
+                BoxCloneSyncService::new(ServiceBuilder::new().layer(authz).service(app))
+            }
+            None => app,
+        };
+        // tower-http's CatchPanic, outermost: a panicking layer or handler costs its request a
+        // 500 with `l5d-err`, not the connection. It boxes the response body, which is the one
+        // boxing of the stack's responses.
+        let app = ServiceBuilder::new()
+            .layer(CatchPanicLayer::custom(panic_response))
+            .service(app);
+        if !self.access_log {
+            return Ok(BoxCloneSyncService::new(app));
         }
-        Ok(BoxCloneSyncService::new(app))
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+            .on_request(DefaultOnRequest::new().level(tracing::Level::DEBUG))
+            .on_response(
+                DefaultOnResponse::new()
+                    .level(tracing::Level::INFO)
+                    .latency_unit(LatencyUnit::Micros),
+            );
+        Ok(BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_response(|rsp: http::Response<_>| rsp.map(InboundBody::new))
+                .layer(trace)
+                .service(app),
+        ))
     }
 
     /// Serves `app` behind the inbound layers on `listener` until `shutdown` completes, then
@@ -250,6 +293,7 @@ impl fmt::Debug for ServerBuilder {
         let mut d = f.debug_struct("ServerBuilder");
         d.field("deadline", &self.deadline)
             .field("limits", &self.limits)
+            .field("access_log", &self.access_log)
             .field("telemetry", &self.telemetry.as_ref().map(|(_, name)| name))
             .field("load_report", &self.load_report);
         #[cfg(feature = "tls")]
@@ -257,6 +301,24 @@ impl fmt::Debug for ServerBuilder {
             .field("authz", &self.authz);
         d.finish()
     }
+}
+
+/// The answer to a request whose handler panicked: 500 with `l5d-err` (the panic message is
+/// logged, not sent).
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<Body> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %message, "request handler panicked");
+    let mut rsp = http::Response::new(Body::default());
+    *rsp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    rsp.headers_mut().insert(
+        mesh_core::error::L5D_ERR,
+        http::HeaderValue::from_static("request handler panicked"),
+    );
+    rsp
 }
 
 /// The caller's name for the service graph: its verified identity, if any.

@@ -9,28 +9,27 @@ use std::task::{ready, Context, Poll};
 use arc_swap::ArcSwap;
 use http::header;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use meshwork::body::BoxError;
 use meshwork::{Body, RoutedClient};
 use tower::Service;
 
+use crate::ProxyBody;
+
 /// One side of the proxy (outbound or inbound). Clones share the client, which a reload swaps.
 #[derive(Clone)]
 pub(crate) struct Forward {
-    pub(crate) client: Arc<ArcSwap<RoutedClient<Incoming>>>,
+    pub(crate) client: Arc<ArcSwap<RoutedClient<ProxyBody>>>,
 }
 
 impl Forward {
-    pub(crate) fn new(client: RoutedClient<Incoming>) -> Self {
-        Self {
-            client: Arc::new(ArcSwap::from_pointee(client)),
-        }
+    pub(crate) fn new(client: Arc<ArcSwap<RoutedClient<ProxyBody>>>) -> Self {
+        Self { client }
     }
 }
 
-impl Service<Request<Incoming>> for Forward {
+impl Service<Request<ProxyBody>> for Forward {
     type Response = Response<Body>;
     type Error = BoxError;
     type Future = ResponseFuture;
@@ -39,7 +38,7 @@ impl Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
+    fn call(&mut self, mut req: Request<ProxyBody>) -> ResponseFuture {
         let upgrade = strip_hop_by_hop(&mut req).then(|| hyper::upgrade::on(&mut req));
         // `load` is a few atomic operations; the routed client clone is a handful of Arc bumps.
         let mut client = RoutedClient::clone(&self.client.load());
@@ -91,7 +90,7 @@ async fn splice(client: OnUpgrade, server: OnUpgrade) {
 
 /// Removes the headers that concern one connection only; returns whether the request asks for
 /// an upgrade (whose `Connection` and `Upgrade` headers then stay, as the upgrade needs them).
-fn strip_hop_by_hop(req: &mut Request<Incoming>) -> bool {
+fn strip_hop_by_hop(req: &mut Request<ProxyBody>) -> bool {
     let h = req.headers_mut();
     let upgrade = h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)

@@ -17,25 +17,27 @@
 //! that touches it (as Envoy's and Pingora's workers do per core), with no cross-thread wake-ups.
 
 mod forward;
-mod reload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use hyper::body::Incoming;
 use meshwork::admin::Admin;
-use meshwork::config::{ClientTemplate, Config};
-use meshwork::core::metrics::{Succession, Telemetry};
-use meshwork::core::route::Protocol;
+use meshwork::config::reload::Reloader;
+use meshwork::config::Config;
+use meshwork::core::metrics::Telemetry;
 use meshwork::core::trace::Tracing;
-use meshwork::RoutedClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::forward::Forward;
+
+/// A request body as the proxy forwards it: counted against `[limits] max_request_body_bytes`
+/// (tower-http's `RequestBodyLimit`: 413 beyond it).
+pub(crate) type ProxyBody = tower_http::body::Limited<hyper::body::Incoming>;
 
 #[derive(Parser)]
 #[command(
@@ -172,100 +174,28 @@ fn run(file: &Path) -> Result<(), String> {
     runtime.block_on(serve(file.to_owned(), config))
 }
 
-/// Everything that a reload replaces or reads.
-pub(crate) struct Proxy {
-    pub(crate) file: PathBuf,
-    pub(crate) telemetry: Telemetry,
-    pub(crate) admin: Admin,
-    pub(crate) credentials: Option<meshwork::tls::Credentials>,
-    pub(crate) outbound: Forward,
-    pub(crate) inbound: Option<Forward>,
-    /// The generation of the running clients: a reload's new clients take over their metric
-    /// names (the replaced ones finish their requests in flight).
-    pub(crate) succession: Succession,
-}
-
-/// The per-bound-name client settings from the file: every mesh feature at its default (metrics,
-/// balancer, budgeted retries, deadlines, breaker), the file's limits, mTLS where discovery gives
-/// an identity.
-pub(crate) fn template(
-    telemetry: &Telemetry,
-    credentials: &Option<meshwork::tls::Credentials>,
-    config: &Config,
-    protocol: Protocol,
-    succession: Succession,
-) -> ClientTemplate {
-    let (telemetry, credentials) = (telemetry.clone(), credentials.clone());
-    let (shed, cap, connect) = (
-        config.shed,
-        config.endpoint_concurrency,
-        config.connect_timeout,
-    );
-    Arc::new(move |discovery| {
-        let mut b = meshwork::client(discovery)
-            .protocol(protocol)
-            .telemetry(telemetry.clone())
-            .succession(succession)
-            .shed(shed)
-            .endpoint_concurrency(cap)
-            .connect_timeout(connect);
-        if let Some(credentials) = &credentials {
-            b = b.tls_settings(meshwork::client::TlsSettings {
-                credentials: credentials.clone(),
-                require_identity: false,
-            });
-        }
-        b
-    })
-}
-
-/// The outbound and inbound routed clients of `c`.
-pub(crate) fn clients(
-    telemetry: &Telemetry,
-    credentials: &Option<meshwork::tls::Credentials>,
-    c: &Config,
-    succession: Succession,
-) -> Result<(RoutedClient<Incoming>, Option<RoutedClient<Incoming>>), String> {
-    let outbound = c
-        .outbound(template(
-            telemetry,
-            credentials,
-            c,
-            c.outbound_protocol,
-            succession,
-        ))
-        .map_err(|e| format!("outbound: {e}"))?;
-    let protocol = c
-        .inbound
-        .as_ref()
-        .map_or(Protocol::Auto, |i| i.app_protocol);
-    let inbound = c
-        .inbound(template(telemetry, credentials, c, protocol, succession))
-        .map_err(|e| format!("inbound: {e}"))?;
-    Ok((outbound, inbound))
-}
-
 async fn bind(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "{what} listening");
+    Ok(listener)
 }
 
 async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     let telemetry =
         Telemetry::new(Default::default(), Tracing::disabled()).map_err(|e| e.to_string())?;
-    let credentials = config.credentials().map_err(|e| e.to_string())?;
     let admin = Admin::new(telemetry.clone());
-    let succession = Succession::new();
-    let (outbound, inbound) = clients(&telemetry, &credentials, &config, succession)?;
-    let proxy = Proxy {
-        file,
-        telemetry: telemetry.clone(),
-        admin: admin.clone(),
-        credentials,
-        outbound: Forward::new(outbound),
-        inbound: inbound.map(Forward::new),
-        succession,
+    let mut reloader: Reloader<ProxyBody> =
+        Reloader::new(file, config.clone(), telemetry.clone(), admin.clone())
+            .map_err(|e| e.to_string())?;
+    // Every listener: the file's connection limits; the proxy's: its body limit too.
+    let limits = config.server_limits();
+    let body_limit = RequestBodyLimitLayer::new(config.limits.max_request_body_bytes);
+    let forward = |client| {
+        ServiceBuilder::new()
+            .layer(body_limit)
+            .service(Forward::new(client))
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -277,39 +207,30 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     };
     let mut tasks = Vec::new();
     let listener = bind("outbound", config.outbound_listen).await?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "outbound listening");
     // No inbound metrics here: each routed client records route and endpoint metrics already.
-    let server = meshwork::server().limits(config.server_limits());
-    tasks.push(tokio::spawn(server.serve(
-        listener,
-        proxy.outbound.clone(),
-        stopped(),
-    )));
-    if let (Some(forward), Some(inbound)) = (&proxy.inbound, &config.inbound) {
+    let server = meshwork::server()
+        .limits(limits.clone())
+        .access_log(config.access_log);
+    let outbound = forward(reloader.outbound());
+    tasks.push(tokio::spawn(server.serve(listener, outbound, stopped())));
+    if let (Some(client), Some(inbound)) = (reloader.inbound(), &config.inbound) {
         let listener = bind("inbound", inbound.listen).await?;
-        tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "inbound listening");
-        let server = config
-            .server()
-            .map_err(|e| e.to_string())?
-            .telemetry(telemetry.clone(), "inbound");
+        let server = config.server().map_err(|e| e.to_string())?;
+        let server = server.telemetry(telemetry.clone(), "inbound");
         tasks.push(tokio::spawn(server.serve(
             listener,
-            forward.clone(),
+            forward(client),
             stopped(),
         )));
     }
     let listener = bind("admin", config.admin_listen).await?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "admin listening");
-    let admin_task = tokio::spawn(admin.clone().serve(listener, stopped()));
+    let admin_server = meshwork::server().limits(limits);
+    let admin_task = tokio::spawn(admin_server.serve(listener, admin.clone(), stopped()));
 
-    let drain = config.drain_timeout;
-    let mut reloader = reload::Reloader::new(proxy, config);
-    reloader.publish();
     admin.set_ready(true);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| e.to_string())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let signal = loop {
         tokio::select! {
@@ -320,7 +241,7 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         }
     };
     // Drain: stop accepting; each listener lets its requests in flight finish within the bound.
-    tracing::info!(%signal, ?drain, "draining");
+    tracing::info!(%signal, drain = ?config.drain_timeout, "draining");
     admin.set_ready(false);
     let _ = stop_tx.send(true);
     for task in tasks {

@@ -20,6 +20,11 @@
 //! | idle | 60 s without a request in flight, else closed | below nginx's 75 s `keepalive_timeout` |
 //! | HTTP/2 keepalive | PING every 20 s, closed if unanswered within 20 s | Linkerd 2's server keepalive |
 //! | request head size | 16 KiB, else `431 Request Header Fields Too Large` | HAProxy's `tune.bufsize` |
+//! | header count | 100 per HTTP/1 request, else `431` (HTTP/2: bounded by the head size) | hyper's and Go's `net/http` default |
+//! | connections | 10,000 open per listener; a connection beyond is closed at once | HAProxy's `maxconn` of its examples |
+//! | HTTP/2 streams | 128 concurrent per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`); beyond: `REFUSED_STREAM` | nginx's `http2_max_concurrent_streams` |
+//! | HTTP/2 resets | 20 streams reset before the server saw them, 1,024 reset for errors per connection, else GOAWAY (CVE-2023-44487 "rapid reset") | hyper's defaults |
+//! | HTTP/2 frames | 16 KiB (the protocol's default `SETTINGS_MAX_FRAME_SIZE`); a larger frame is a connection error | RFC 9113 |
 //! | drain | on shutdown: stop accepting, GOAWAY / close idle keep-alive connections, let requests in flight finish for up to 30 s, then close the rest | Envoy's 5 s drain is short for long requests |
 //!
 //! Accept errors (`EMFILE`, a connection reset before accept) never end the loop: it backs off
@@ -63,7 +68,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::{Service, ServiceExt};
 
 /// The error type of services and bodies served.
@@ -93,6 +98,13 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// How long requests in flight may take to finish once shutdown begins (default 30 s).
     pub drain_timeout: Duration,
+    /// Most header fields in an HTTP/1 request; more are answered `431` (default 100).
+    pub max_headers: usize,
+    /// Most connections open at once per listener; one accepted beyond is closed at once
+    /// (default 10,000).
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection, advertised in `SETTINGS` (default 128).
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// Why a [`Server`] could not be made.
@@ -177,12 +189,16 @@ impl Default for ServerConfig {
             h2_keepalive_timeout: Duration::from_secs(20),
             max_header_bytes: 16 * 1024,
             drain_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 128,
         }
     }
 }
 
 impl ServerConfig {
-    /// Checks every timer (1 ms to 1 day) and the header cap (8 KiB to 1 MiB).
+    /// Checks every timer (1 ms to 1 day), the header cap (8 KiB to 1 MiB), the header count (1 to
+    /// 10,000), the connection cap and the stream cap (at least 1).
     ///
     /// # Errors
     ///
@@ -203,6 +219,29 @@ impl ServerConfig {
                     field,
                     value: format!("{value:?}"),
                     reason: "must be between 1ms and 1 day",
+                });
+            }
+        }
+        let counts = [
+            ("max_headers", self.max_headers, 1, 10_000),
+            ("max_connections", self.max_connections, 1, usize::MAX),
+            (
+                "h2_max_concurrent_streams",
+                self.h2_max_concurrent_streams as usize,
+                1,
+                usize::MAX,
+            ),
+        ];
+        for (field, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
+                return Err(ServerError::Config {
+                    field,
+                    value: value.to_string(),
+                    reason: if field == "max_headers" {
+                        "must be between 1 and 10000"
+                    } else {
+                        "must be at least 1"
+                    },
                 });
             }
         }
@@ -252,6 +291,24 @@ impl ServerConfig {
         self.drain_timeout = timeout;
         self
     }
+
+    /// Sets [`ServerConfig::max_headers`].
+    pub fn max_headers(mut self, count: usize) -> Self {
+        self.max_headers = count;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_connections`].
+    pub fn max_connections(mut self, count: usize) -> Self {
+        self.max_connections = count;
+        self
+    }
+
+    /// Sets [`ServerConfig::h2_max_concurrent_streams`].
+    pub fn h2_max_concurrent_streams(mut self, count: u32) -> Self {
+        self.h2_max_concurrent_streams = count;
+        self
+    }
 }
 
 // === impl Plain ===
@@ -293,6 +350,7 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
+            .max_headers(config.max_headers)
             .max_buf_size(config.max_header_bytes);
         // Validated to at most 1 MiB: fits.
         let list_size = u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX);
@@ -301,7 +359,11 @@ impl Server {
             .timer(TokioTimer::new())
             .keep_alive_interval(config.h2_keepalive_interval)
             .keep_alive_timeout(config.h2_keepalive_timeout)
-            .max_header_list_size(list_size);
+            .max_header_list_size(list_size)
+            .max_concurrent_streams(config.h2_max_concurrent_streams)
+            // hyper's defaults, stated: the "rapid reset" bounds (CVE-2023-44487).
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
         Ok(Server {
             shared: Arc::new(Shared { config, builder }),
         })
@@ -332,6 +394,12 @@ impl Server {
     {
         let graceful = GracefulShutdown::new();
         let (phase, _) = watch::channel(Phase::Serving);
+        let slots = Arc::new(Semaphore::new(
+            self.shared
+                .config
+                .max_connections
+                .min(Semaphore::MAX_PERMITS),
+        ));
         let mut backoff = ACCEPT_BACKOFF_MIN;
         tokio::pin!(shutdown);
         loop {
@@ -355,10 +423,18 @@ impl Server {
                     }
                 },
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // At the cap: close it now (the client sees the close at once and can go
+                // elsewhere) rather than let it wait in the accept queue.
+                tracing::debug!(%remote, max = self.shared.config.max_connections, "connection cap reached; closing");
+                drop(tcp);
+                continue;
+            };
             let conn = Conn {
                 shared: self.shared.clone(),
                 watcher: graceful.watcher(),
                 phase: phase.subscribe(),
+                _slot: slot,
             };
             tokio::spawn(conn.run(tcp, remote, handshake.clone(), service.clone()));
         }
@@ -391,6 +467,8 @@ struct Conn {
     shared: Arc<Shared>,
     watcher: Watcher,
     phase: watch::Receiver<Phase>,
+    /// Its place under the listener's connection cap, freed when the task ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Conn {

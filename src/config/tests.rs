@@ -231,3 +231,81 @@ endpoints = ["{backend}"]
     );
     assert_eq!(get_world(&reloaded).await, (200, None));
 }
+
+#[test]
+fn limits_from_the_file_reach_the_listeners_with_production_defaults_for_the_rest() {
+    let config = Config::parse("p.toml", "").unwrap();
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.server_limits().max_connections, 10_000);
+    assert_eq!(
+        config.server_limits().drain_timeout,
+        Duration::from_secs(10)
+    );
+    assert!(!config.access_log);
+
+    let text = r#"
+drain_timeout = "3s"
+access_log = true
+[limits]
+max_connections = 50
+max_concurrent_streams = 16
+max_header_bytes = 9000
+max_headers = 30
+max_request_body_bytes = 1000
+retry_buffer_bytes = 500
+first_byte_timeout = "2s"
+header_read_timeout = "3s"
+handshake_timeout = "4s"
+idle_timeout = "5s"
+"#;
+    let config = Config::parse("p.toml", text).unwrap();
+    let server = config.server_limits();
+    assert_eq!(
+        (
+            server.max_connections,
+            server.h2_max_concurrent_streams,
+            server.max_header_bytes,
+            server.max_headers
+        ),
+        (50, 16, 9000, 30)
+    );
+    assert_eq!(
+        (
+            server.first_byte_timeout,
+            server.header_read_timeout,
+            server.idle_timeout,
+            server.drain_timeout
+        ),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+            Duration::from_secs(5),
+            Duration::from_secs(3)
+        )
+    );
+    assert_eq!(config.limits.handshake_timeout, Duration::from_secs(4));
+    assert_eq!(
+        (
+            config.limits.max_request_body_bytes,
+            config.limits.retry_buffer_bytes
+        ),
+        (1000, 500)
+    );
+    assert!(config.access_log);
+}
+
+#[test]
+fn a_limit_out_of_range_is_reported_at_its_value() {
+    let e = err("[limits]\nmax_connections = 5\nmax_header_bytes = 100\n");
+    assert!(
+        e.starts_with("p.toml:3:20: [limits] invalid server setting max_header_bytes = 100"),
+        "{e}"
+    );
+    let e = err("[limits]\nmax_request_body_bytes = 0\n");
+    assert!(
+        e.starts_with("p.toml:2:26: max_request_body_bytes must be at least 1"),
+        "{e}"
+    );
+    let e = err("[limits]\nidle_timeout = \"soon\"\n");
+    assert!(e.starts_with("p.toml:2:16: invalid duration"), "{e}");
+}

@@ -100,6 +100,16 @@ impl Certs {
         )
     }
 
+    /// Workload `name`'s credentials.
+    pub fn credentials(&self, name: &str) -> meshwork::tls::Credentials {
+        meshwork::tls::Credentials::from_files(&meshwork::tls::CredentialPaths {
+            chain: self.path(&format!("{name}.pem")),
+            key: self.path(&format!("{name}.key")),
+            trust_bundle: self.path("ca.pem"),
+        })
+        .expect("credentials")
+    }
+
     /// A meshwork client with workload `name`'s credentials, calling `addr` which must prove `peer`.
     pub fn mesh_client(
         &self,
@@ -210,6 +220,17 @@ impl Proxy {
         let _ = &self.text;
         self.spawn().await;
         self
+    }
+
+    /// The process's resident set size in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 
     pub fn signal_term(&self) {

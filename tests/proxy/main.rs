@@ -6,6 +6,7 @@ mod support;
 
 mod grpc;
 mod harness;
+mod hostile;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
