@@ -227,3 +227,29 @@ async fn the_client_closes_idle_pooled_connections_at_their_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A handler that panics costs its request a 500 with `l5d-err` (tower-http's `CatchPanic`), not
+/// the connection: the next request on the same connection is served.
+#[tokio::test]
+async fn a_panicking_handler_answers_500_with_l5d_err_and_the_connection_serves_on() {
+    init_tracing();
+    let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/panic" {
+            panic!("handler bug");
+        }
+        Ok::<_, std::convert::Infallible>(http::Response::new("fine".to_owned()))
+    });
+    let addr = serve(ServerConfig::default(), app).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let seen = read_until_closed(&mut tcp).await;
+    assert!(seen.starts_with("HTTP/1.1 500"), "{seen}");
+    assert!(seen.contains("l5d-err: request handler panicked"), "{seen}");
+    assert!(
+        seen.contains("HTTP/1.1 200"),
+        "the next request was not served: {seen}"
+    );
+    assert!(seen.ends_with("fine"), "{seen}");
+}
