@@ -308,6 +308,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_dashboard_is_served_at_the_root_and_reads_only_this_port() {
+        let telemetry = Telemetry::new(
+            Default::default(),
+            mesh_core::trace::Tracing::disabled(),
+        )
+        .expect("telemetry");
+        let rsp = Admin::new(telemetry).respond(&Method::GET, "/", None);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(
+            rsp.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        for path in ["\"/stat.json\"", "\"/graph.json\"", "\"/config\"", "\"/metrics\""] {
+            assert!(DASHBOARD.contains(path), "the page polls {path}");
+        }
+        let page = DASHBOARD.replace("\"http://www.w3.org/2000/svg\"", "");
+        for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
+            assert!(!page.contains(external), "the page refers to {external}");
+        }
+    }
+
+    #[test]
     fn query_values_are_percent_decoded() {
         assert_eq!(percent_decode("%2Fsvc%2Fworld"), "/svc/world");
         assert_eq!(percent_decode("/a+=>+/b;"), "/a => /b;");
