@@ -309,18 +309,20 @@ mod tests {
 
     #[test]
     fn the_dashboard_is_served_at_the_root_and_reads_only_this_port() {
-        let telemetry = Telemetry::new(
-            Default::default(),
-            mesh_core::trace::Tracing::disabled(),
-        )
-        .expect("telemetry");
+        let telemetry = Telemetry::new(Default::default(), mesh_core::trace::Tracing::disabled())
+            .expect("telemetry");
         let rsp = Admin::new(telemetry).respond(&Method::GET, "/", None);
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(
             rsp.headers()[header::CONTENT_TYPE],
             "text/html; charset=utf-8"
         );
-        for path in ["\"/stat.json\"", "\"/graph.json\"", "\"/config\"", "\"/metrics\""] {
+        for path in [
+            "\"/stat.json\"",
+            "\"/graph.json\"",
+            "\"/config\"",
+            "\"/metrics\"",
+        ] {
             assert!(DASHBOARD.contains(path), "the page polls {path}");
         }
         let page = DASHBOARD.replace("\"http://www.w3.org/2000/svg\"", "");

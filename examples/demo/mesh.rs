@@ -4,14 +4,12 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use meshwork::admin::Admin;
-use meshwork::config::{ClientTemplate, Config};
-use meshwork::core::metrics::Telemetry;
-use meshwork::core::route::Protocol;
+use meshwork::config::Config;
+use meshwork::core::metrics::{Succession, Telemetry};
 use meshwork::core::trace::Tracing;
 use meshwork::tls::dev_ca::{DevCa, WorkloadCertParams};
 use tokio::net::TcpListener;
@@ -134,12 +132,10 @@ pub(crate) async fn start(
     let telemetry =
         Telemetry::new(Default::default(), tracing.clone()).map_err(|e| e.to_string())?;
     let credentials = config.credentials().map_err(|e| e.to_string())?;
-    let outbound = config
-        .outbound::<Incoming>(template(&telemetry, &credentials, &config))
-        .map_err(|e| format!("{}: outbound: {e}", me.name))?;
-    let inbound = config
-        .inbound::<Incoming>(template(&telemetry, &credentials, &config))
-        .map_err(|e| format!("{}: inbound: {e}", me.name))?;
+    // The clients exactly as `mesh-proxy run` builds them from the same file.
+    let (outbound, inbound) = config
+        .clients::<Incoming>(&telemetry, credentials.as_ref(), Succession::new())
+        .map_err(|e| format!("{}'s proxy: {e}", me.name))?;
 
     let what = |side: &str| format!("{}'s proxy, {side}", me.name);
     let out_listener = bind(config.outbound_listen, &what("outbound")).await?;
@@ -199,33 +195,4 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
-}
-
-/// Every mesh feature at its default, mTLS where discovery names an identity.
-fn template(
-    telemetry: &Telemetry,
-    credentials: &Option<meshwork::tls::Credentials>,
-    config: &Config,
-) -> ClientTemplate {
-    let (telemetry, credentials) = (telemetry.clone(), credentials.clone());
-    let (shed, cap, connect) = (
-        config.shed,
-        config.endpoint_concurrency,
-        config.connect_timeout,
-    );
-    Arc::new(move |discovery| {
-        let mut b = meshwork::client(discovery)
-            .protocol(Protocol::Auto)
-            .telemetry(telemetry.clone())
-            .shed(shed)
-            .endpoint_concurrency(cap)
-            .connect_timeout(connect);
-        if let Some(credentials) = &credentials {
-            b = b.tls_settings(meshwork::client::TlsSettings {
-                credentials: credentials.clone(),
-                require_identity: false,
-            });
-        }
-        b
-    })
 }
