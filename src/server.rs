@@ -21,7 +21,10 @@
 //!
 //! A service that fails a request (a meshwork [`Client`](crate::Client) whose endpoints are
 //! down, say) gets a response anyway: 502, 503 or 504 with an `l5d-err` header naming the cause
-//! (see [`respond`](crate::respond)), never a connection closed with nothing sent.
+//! (see [`respond`](crate::respond)), never a connection closed with nothing sent. A handler that
+//! panics gets its request a 500 with `l5d-err: request handler panicked` (tower-http's
+//! `CatchPanic`; the connection serves on). [`ServerBuilder::access_log`] turns on tower-http's
+//! `TraceLayer` as an access log (off by default).
 //!
 //! With [`ServerBuilder::load_reports`], every response also carries the server's load (requests
 //! in flight, capacity, time in the application) in ORCA's `endpoint-load-metrics` header, for the
