@@ -5,45 +5,17 @@
 //! Each test runs the demo on its own loopback /24 (`--net 127.X.Y`), so they run in parallel
 //! with each other and with other test binaries.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The demo example binary, built once per test process with the test's own profile.
 fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = profile_dir();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--example", "demo"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // Not the variables `cargo test` set for this package: build scripts that watch them
-        // (ring watches CARGO_MANIFEST_DIR) would rebuild half the tree, twice per run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_MANIFEST_")
-                || matches!(
-                    &*key,
-                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
-                )
-            {
-                cmd.env_remove(&*key);
-            }
-        }
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("cargo build").success(),
-            "building the demo failed"
-        );
-        dir.join("examples").join("demo")
-    })
-    .clone()
+    support::example_binary("demo")
 }
 
 /// target/<profile>, from this test executable's path (target/<profile>/deps/demo-…).

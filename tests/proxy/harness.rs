@@ -2,10 +2,9 @@
 //! Starting mesh-proxy processes, certificates for them, and small HTTP helpers.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,24 +18,7 @@ use tokio::net::TcpListener;
 
 /// The mesh-proxy example binary, built once per test process with the test's own profile.
 pub fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--example", "mesh-proxy"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo build --example mesh-proxy");
-        assert!(status.success(), "building mesh-proxy failed");
-        profile_dir.join("examples").join("mesh-proxy")
-    })
-    .clone()
+    crate::support::example_binary("mesh-proxy")
 }
 
 /// A port for a proxy's listener, taken below Linux's ephemeral range (32768–60999): the
