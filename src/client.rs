@@ -81,7 +81,9 @@ use mesh_balance::{Balance, Health, HealthState};
 use mesh_core::breaker::{
     Breaker, BreakerConfig, BreakerLayer, BreakerStats, HealthCheck, HealthCheckConfig,
 };
-use mesh_core::classify::{Classifier, ErrorKind, GrpcClasses, ResponseClass, SharedClassify};
+use mesh_core::classify::{
+    Classifier, ClassifyBody, ErrorKind, GrpcClasses, ResponseClass, SharedClassify,
+};
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
 use mesh_core::hedge::AvoidEndpoint;
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
@@ -1083,6 +1085,14 @@ struct NewEndpoint {
     tls_failures: Arc<crate::connect::TlsFailures>,
 }
 
+/// The breaker's response with a [`Body`]: the body itself when the class came with the head (no
+/// allocation on the common path), else the classifying wrapper, boxed.
+fn unwrap_classified(
+    rsp: http::Response<ClassifyBody<Body, mesh_core::breaker::Report>>,
+) -> http::Response<Body> {
+    rsp.map(|body| body.try_into_inner().unwrap_or_else(boxed))
+}
+
 // === impl NewEndpoint ===
 
 impl NewEndpoint {
@@ -1127,18 +1137,20 @@ impl NewEndpoint {
         let (metrics, series) = self
             .telemetry
             .endpoint_with_series(&self.name, &endpoint.addr.to_string());
-        let pool = ServiceBuilder::new().layer(metrics).service(transport);
         let capped = ConcurrencyCap::layer(self.cap)
             .with_stats(self.shed_stats.clone())
-            .layer(pool);
-        let service = match &self.breaker {
-            Some(breaker) => BoxCloneSyncService::new(
+            .layer(transport);
+        // The breaker classifies each attempt once, with the request's (route's) classifier; the
+        // endpoint metrics above it record that verdict, trailers included.
+        let classified = match &self.breaker {
+            Some(breaker) => tower::util::Either::Left(
                 breaker
                     .layer(capped, health.clone())
-                    .map_response(|rsp| rsp.map(boxed)),
+                    .map_response(unwrap_classified as fn(_) -> _),
             ),
-            None => BoxCloneSyncService::new(capped),
+            None => tower::util::Either::Right(capped),
         };
+        let service = BoxCloneSyncService::new(metrics.layer(classified));
         cache.insert(
             endpoint.addr,
             CachedEndpoint {

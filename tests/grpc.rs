@@ -477,3 +477,147 @@ fn grpc_timeout_values_parse() {
     assert_eq!(parse_grpc_timeout("5x"), None);
     assert_eq!(parse_grpc_timeout(""), None);
 }
+
+/// A gRPC server on 127.0.0.1 that answers every call with `200`, an empty body and
+/// `grpc-status: 14` (UNAVAILABLE) only in the trailers, as some servers and proxies answer
+/// errors (rather than trailers-only, with the status in the headers).
+async fn unavailable_in_trailers() -> (SocketAddr, Arc<AtomicUsize>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let calls = counted.clone();
+            let service = hyper::service::service_fn(move |_req: http::Request<_>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+                trailers.insert(
+                    "grpc-message",
+                    http::HeaderValue::from_static("try%20later"),
+                );
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<
+                    _,
+                    Infallible,
+                >(
+                    http_body::Frame::<Bytes>::trailers(trailers),
+                )]));
+                std::future::ready(
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body),
+                )
+            });
+            connections.spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, calls)
+}
+
+/// One gRPC error whose status arrives only in the trailers of an empty body is a failure for
+/// every reader of the route's classifier: the retry layer (with a budget of zero it finds a
+/// retryable failure and no budget to retry it), the breaker (one failure ejects with
+/// `consecutive_failures: 1`), the balancer (the endpoint's estimate carries the failure
+/// penalty, 5 × the 30 ms default, fading slowly, where a success would have kept it at or below
+/// 30 ms) and the route, backend and endpoint metrics (a `failure`
+/// with status 200). The caller still gets the response with its trailers.
+#[tokio::test]
+async fn a_grpc_status_only_in_trailers_is_a_failure_for_balancer_breaker_retry_and_metrics() {
+    use http_body_util::BodyExt;
+    init_tracing();
+    let (addr, calls) = unavailable_in_trailers().await;
+    let client = meshwork::grpc(Discovery::fixed([Endpoint::new(addr)]).expect("discovery"))
+        .name("trailers")
+        .budget(meshwork::core::retry::BudgetConfig {
+            min_per_sec: 0,
+            ratio: 0.0,
+            ..Default::default()
+        })
+        .breaker(Some(meshwork::core::breaker::BreakerConfig {
+            consecutive_failures: 1,
+            success_rate: None,
+            ..Default::default()
+        }))
+        .build::<meshwork::Body>()
+        .expect("client");
+    // A unary call: one length-prefixed empty message.
+    let request = http::Request::post(format!("http://{addr}{SAY_HELLO}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(meshwork::body::boxed(http_body_util::Full::new(
+            Bytes::from_static(&[0, 0, 0, 0, 0]),
+        )))
+        .expect("request");
+    let rsp = tokio::time::timeout(CALL_LIMIT, client.request(request))
+        .await
+        .expect("answered in time")
+        .expect("a response");
+    assert_eq!(rsp.status(), 200);
+    let body = tokio::time::timeout(CALL_LIMIT, rsp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body");
+    let trailers = body
+        .trailers()
+        .cloned()
+        .expect("the caller gets the trailers");
+    assert_eq!(trailers["grpc-status"], "14");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a single attempt");
+
+    // Retry: a retryable failure, not retried for want of budget.
+    let retry = &client.stats().retry;
+    assert_eq!((retry.retries(), retry.budget_exhausted()), (0, 1));
+
+    // Breaker: the one failure ejected the endpoint (its task reads outcomes asynchronously).
+    let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.stats().breaker.ejections() == 0 {
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "the breaker never ejected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let endpoint = &client.endpoints()[0];
+    assert_eq!(endpoint.health, meshwork::balance::HealthState::Ejected);
+
+    // Balancer: charged as a failure, not as a fast success.
+    assert!(
+        endpoint.rtt_estimate >= Duration::from_millis(100),
+        "estimate {:?} carries no failure penalty",
+        endpoint.rtt_estimate
+    );
+
+    // Metrics: route, backend and endpoint each count one failure with status 200.
+    let text = client.telemetry().registry.encode().expect("encode");
+    for (scope, labels) in [
+        ("route", r#"route="trailers""#.to_owned()),
+        (
+            "backend",
+            r#"route="trailers",backend="trailers""#.to_owned(),
+        ),
+        (
+            "endpoint",
+            format!(r#"backend="trailers",endpoint="{addr}""#),
+        ),
+    ] {
+        let failure = format!(
+            r#"meshwork_{scope}_responses_total{{{labels},classification="failure",status="200"}} 1"#
+        );
+        assert!(
+            text.lines().any(|line| line == failure),
+            "no {failure:?} in:\n{text}"
+        );
+        assert!(
+            !text.lines().any(|line| line
+                .starts_with(&format!("meshwork_{scope}_responses_total"))
+                && line.contains(r#"classification="success""#)),
+            "{scope} counted a success:\n{text}"
+        );
+    }
+}

@@ -98,6 +98,103 @@ impl Class {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseClass(pub Class);
 
+/// A response extension for a response whose class waits for the end of its body (a gRPC status
+/// in the trailers): the layer that classifies it (the endpoint's circuit breaker, through its
+/// [`ClassifyBody`]) settles it once, at the trailers, at the end of the stream, on a body error
+/// or when the body is dropped before its end. Layers above that need the class too (metrics)
+/// register with [`LateClass::on_class`] instead of wrapping the body a second time.
+///
+/// Made only for such responses; a response classified by its head carries [`ResponseClass`].
+#[derive(Clone, Default)]
+pub struct LateClass(Arc<std::sync::Mutex<LateState>>);
+
+#[derive(Default)]
+enum LateState {
+    #[default]
+    Open,
+    Waiting(Vec<Box<dyn FnOnce(Class) + Send>>),
+    Settled(Class),
+}
+
+// === impl LateClass ===
+
+impl LateClass {
+    /// An open class, settled later with [`LateClass::settle`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LateState> {
+        // Callbacks run outside the lock, so a panic cannot leave the state half-written.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Calls `f` with the class once it is settled (at once, if it already is).
+    pub fn on_class(&self, f: impl FnOnce(Class) + Send + 'static) {
+        let mut state = self.state();
+        match &mut *state {
+            LateState::Settled(class) => {
+                let class = *class;
+                drop(state);
+                f(class);
+            }
+            LateState::Waiting(waiting) => waiting.push(Box::new(f)),
+            LateState::Open => *state = LateState::Waiting(vec![Box::new(f)]),
+        }
+    }
+
+    /// Settles the class and tells every registered callback; later calls do nothing.
+    pub fn settle(&self, class: Class) {
+        let waiting = {
+            let mut state = self.state();
+            match std::mem::replace(&mut *state, LateState::Settled(class)) {
+                LateState::Waiting(waiting) => waiting,
+                LateState::Open => Vec::new(),
+                settled @ LateState::Settled(_) => {
+                    *state = settled;
+                    return;
+                }
+            }
+        };
+        for f in waiting {
+            f(class);
+        }
+    }
+
+    /// The class, once settled.
+    pub fn get(&self) -> Option<Class> {
+        match &*self.state() {
+            LateState::Settled(class) => Some(*class),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for LateClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LateClass").field(&self.get()).finish()
+    }
+}
+
+impl OnClass for LateClass {
+    fn on_class(self, class: Class) {
+        self.settle(class);
+    }
+}
+
+/// A request extension: the sender can still act on a class that only the trailers decide if it
+/// learns it before the body streams to the caller, so a classifying layer (the circuit breaker)
+/// whose classifier awaits the end of a gRPC response waits for the body's **first frame** before
+/// handing the response on. When that frame is the trailers (or the end), the class is known with
+/// the head ([`ResponseClass`]); when it is data, the class stays late ([`LateClass`]). Set by the
+/// retry layer on gRPC attempts it could retry, so a gRPC error sent as an empty body with its
+/// status in the trailers is retried like one sent in the headers; never set on streaming calls
+/// (whose request body is not replayable), whose first response frame may wait on the caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeekTrailers;
+
 /// The result of classifying a response head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadClass {
@@ -573,10 +670,15 @@ pin_project_lite::pin_project! {
     /// is dropped before its end reports then, as an end of stream without trailers
     /// ([`Classify::classify_eos`] with `None`; for gRPC, a failure: no status arrived), so the
     /// class is never lost.
-    pub struct ClassifyBody<B, R> {
+    pub struct ClassifyBody<B, R>
+    where
+        B: Body,
+    {
         #[pin]
         inner: B,
         pending: Option<PendingEos<R>>,
+        // A frame already read from `inner` (`ClassifyBody::poll_peek`), handed out first.
+        first: Option<Result<Frame<B::Data>, B::Error>>,
     }
 }
 
@@ -599,33 +701,93 @@ impl<B: Body, R: OnClass> ClassifyBody<B, R> {
                 report: Some(report),
                 fire: R::on_class,
             }),
+            first: None,
         }
+    }
+
+    /// Reads the body's first frame ahead (it is handed out first later): when it is the
+    /// trailers, the end of the stream or an error, the class is decided and reported now, and
+    /// returned; when it is data, the class still waits for the end (`None`). A gRPC error sent
+    /// as an empty body with its status in the trailers is thus classified before anyone sees the
+    /// response, and can still be retried. Use it only where the first frame cannot depend on the
+    /// caller (a unary call; not a stream the caller feeds after seeing the response head).
+    /// Returns `None` at once on a body that is not waiting for its class.
+    pub fn poll_peek(&mut self, cx: &mut Context<'_>) -> Poll<Option<Class>>
+    where
+        B: Unpin,
+    {
+        let Some(p) = self.pending.take() else {
+            return Poll::Ready(None);
+        };
+        if self.first.is_some() {
+            self.pending = Some(p);
+            return Poll::Ready(None);
+        }
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                self.pending = Some(p);
+                return Poll::Pending;
+            }
+        };
+        let class = match &frame {
+            Some(Ok(f)) if f.is_trailers() => p.classify.classify_eos(p.req, f.trailers_ref()),
+            Some(Ok(_)) => {
+                self.pending = Some(p);
+                self.first = frame;
+                return Poll::Ready(None);
+            }
+            Some(Err(_)) => p.classify.classify_error(p.req, ErrorKind::Other),
+            None => p.classify.classify_eos(p.req, None),
+        };
+        p.finish(class);
+        // The end of the stream needs no replay: the inner body answers `None` again.
+        self.first = frame;
+        Poll::Ready(Some(class))
     }
 }
 
-impl<B, R> ClassifyBody<B, R> {
+impl<B: Body, R> ClassifyBody<B, R> {
+    /// The reporter still waiting for the class, if any (to adjust it after a
+    /// [`ClassifyBody::poll_peek`] left the class open).
+    pub fn report_mut(&mut self) -> Option<&mut R> {
+        self.pending.as_mut().and_then(|p| p.report.as_mut())
+    }
+
     /// Wraps `inner` without classification (the class was already known from the head).
     pub fn passthrough(inner: B) -> Self {
         Self {
             inner,
             pending: None,
+            first: None,
         }
     }
 
-    /// The wrapped body.
+    /// The wrapped body if the wrapper has nothing left to do (no class to report, no frame read
+    /// ahead), else the wrapper: lets a caller that boxes bodies skip boxing the wrapper on the
+    /// common path, where the class came with the head.
+    pub fn try_into_inner(self) -> Result<B, Self> {
+        if self.pending.is_none() && self.first.is_none() {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The wrapped body (a frame already read by [`ClassifyBody::poll_peek`] is lost).
     pub fn into_inner(self) -> B {
         self.inner
     }
 }
 
-impl<B: Default, R> Default for ClassifyBody<B, R> {
+impl<B: Body + Default, R> Default for ClassifyBody<B, R> {
     /// An empty, unclassified body (for responses the mesh makes itself).
     fn default() -> Self {
         Self::passthrough(B::default())
     }
 }
 
-impl<B, R> fmt::Debug for ClassifyBody<B, R> {
+impl<B: Body, R> fmt::Debug for ClassifyBody<B, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClassifyBody")
             .field("pending", &self.pending.is_some())
@@ -647,6 +809,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if let Some(first) = this.first.take() {
+            // Peeked before the class was known: a data frame (the class still waits for the
+            // end), or the frame that decided it.
+            return Poll::Ready(Some(first));
+        }
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(p) = this.pending.take() {
             match &frame {
@@ -669,11 +836,15 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.first {
+            None => self.inner.size_hint(),
+            // A peeked data frame still counts; the rest is unknown.
+            Some(_) => SizeHint::default(),
+        }
     }
 }
 

@@ -96,7 +96,7 @@ use tower::BoxError;
 
 use crate::classify::{
     classifier_for, default_error_kind, Class, Classifier, ClassifyBody, ErrorInspector, ErrorKind,
-    HeadClass, OnClass, RequestInfo, ResponseClass, SharedClassify,
+    HeadClass, LateClass, OnClass, PeekTrailers, RequestInfo, ResponseClass, SharedClassify,
 };
 
 /// Success-rate failure accrual. `Default`: threshold 0.8 over 10 s, at least 5 requests
@@ -309,11 +309,19 @@ pub struct Report {
     /// known only then (gRPC trailers) is also charged to the balancer's cost through it.
     health: Health,
     late: bool,
+    /// Layers above waiting for a class known only at the end of the body (metrics).
+    late_class: Option<LateClass>,
 }
 
 impl Report {
-    fn late(self) -> Self {
-        Self { late: true, ..self }
+    /// This report, for a class learned after the response head was handed on: a failure is then
+    /// charged to the balancer through the endpoint's health, and settles `late_class`.
+    fn late(self, late_class: LateClass) -> Self {
+        Self {
+            late: true,
+            late_class: Some(late_class),
+            ..self
+        }
     }
 
     fn send(&self, verdict: Verdict) {
@@ -329,6 +337,9 @@ impl OnClass for Report {
             self.health.report_late_failure();
         }
         self.send(Verdict::Class(class));
+        if let Some(late_class) = self.late_class {
+            late_class.settle(class);
+        }
     }
 }
 
@@ -424,6 +435,7 @@ impl BreakerLayer {
                 stats: self.stats.clone(),
                 health,
                 late: false,
+                late_class: None,
             },
             classify: self.classify.clone(),
             inspect: self.inspect,
@@ -486,11 +498,11 @@ impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for Breaker<S>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    ResB: http_body::Body,
+    ResB: http_body::Body + Unpin,
 {
     type Response = Response<ClassifyBody<ResB, Report>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if let Some(start) = &self.start {
@@ -505,6 +517,7 @@ where
         let info = RequestInfo::of(&req);
         let classify = classifier_for(req.extensions(), &self.classify);
         let timeout_at = timeout_at(req.extensions());
+        let peek = info.grpc && req.extensions().get::<PeekTrailers>().is_some();
         ResponseFuture {
             inner: self.inner.call(req),
             state: Some(Pending {
@@ -513,7 +526,9 @@ where
                 classify,
                 inspect: self.inspect,
                 timeout_at,
+                peek,
             }),
+            peeking: None,
         }
     }
 }
@@ -538,18 +553,30 @@ struct Pending {
     classify: SharedClassify,
     inspect: ErrorInspector,
     timeout_at: Option<tokio::time::Instant>,
+    /// Read the body's first frame before handing the response on when the head leaves the
+    /// class open ([`PeekTrailers`]).
+    peek: bool,
 }
 
 pin_project! {
     /// The [`Breaker`] response future. Dropped before the response, it reports a timeout if
     /// the request's deadline or per-try timeout has passed, else no verdict.
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, B>
+    where
+        B: http_body::Body,
+    {
         #[pin]
         inner: F,
         state: Option<Pending>,
+        // A response whose class waits for the end of its body, while its first frame is read
+        // (`PeekTrailers`). Dropped here, its body reports the end of the stream.
+        peeking: Option<(http::response::Parts, ClassifyBody<B, Report>)>,
     }
 
-    impl<F> PinnedDrop for ResponseFuture<F> {
+    impl<F, B> PinnedDrop for ResponseFuture<F, B>
+    where
+        B: http_body::Body,
+    {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(p) = this.state.take() {
@@ -568,66 +595,106 @@ pin_project! {
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<F, B: http_body::Body> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: http_body::Body,
+    B: http_body::Body + Unpin,
     E: Into<BoxError>,
 {
     type Output = Result<Response<ClassifyBody<B, Report>>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        let Some(p) = this.state.take() else {
-            // Polled after completion: report nothing more.
-            return Poll::Ready(
-                result
-                    .map(|r| r.map(ClassifyBody::passthrough))
-                    .map_err(Into::into),
-            );
-        };
-        Poll::Ready(match result {
-            // A response the mesh made itself (e.g. the endpoint's concurrency cap shed it) says
-            // nothing about the endpoint's health: no verdict (a probe is handed back).
-            Ok(rsp) if rsp.extensions().get::<crate::error::Error>().is_some() => {
-                p.report.send(Verdict::None);
-                Ok(rsp.map(ClassifyBody::passthrough))
-            }
-            Ok(mut rsp) => {
-                let head = p
-                    .classify
-                    .classify_head(p.info, rsp.status(), rsp.headers());
-                Ok(match head {
-                    HeadClass::Done(class) => {
-                        p.report.on_class(class);
-                        // The balancer above reads the same verdict (one classification).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let this = self.as_mut().project();
+            if let Some((parts, mut body)) = this.peeking.take() {
+                let Poll::Ready(peeked) = body.poll_peek(cx) else {
+                    *this.peeking = Some((parts, body));
+                    return Poll::Pending;
+                };
+                let mut rsp = Response::from_parts(parts, ());
+                match peeked {
+                    // Decided by the first frame: known with the head, as if the head had said it.
+                    Some(class) => {
                         rsp.extensions_mut().insert(ResponseClass(class));
-                        rsp.map(ClassifyBody::passthrough)
                     }
-                    HeadClass::AwaitEos => {
-                        let report = p.report.late();
-                        rsp.map(|b| ClassifyBody::new(b, p.classify, p.info, report))
+                    // Data first: the class comes at the end of the body, after the head.
+                    None => {
+                        let late_class = LateClass::new();
+                        if let Some(report) = body.report_mut() {
+                            report.late = true;
+                            report.late_class = Some(late_class.clone());
+                        }
+                        rsp.extensions_mut().insert(late_class);
                     }
-                })
-            }
-            Err(e) => {
-                let e: BoxError = e.into();
-                let kind = (p.inspect)(&*e);
-                if kind == ErrorKind::Connect {
-                    p.report.send(Verdict::Refused);
-                } else {
-                    p.report.on_class(p.classify.classify_error(p.info, kind));
                 }
-                Err(e)
+                return Poll::Ready(Ok(rsp.map(|()| body)));
             }
-        })
+            let result = std::task::ready!(this.inner.poll(cx));
+            let Some(p) = this.state.take() else {
+                // Polled after completion: report nothing more.
+                return Poll::Ready(
+                    result
+                        .map(|r| r.map(ClassifyBody::passthrough))
+                        .map_err(Into::into),
+                );
+            };
+            return Poll::Ready(match result {
+                // A response the mesh made itself (e.g. the endpoint's concurrency cap shed it) says
+                // nothing about the endpoint's health: no verdict (a probe is handed back).
+                Ok(rsp) if rsp.extensions().get::<crate::error::Error>().is_some() => {
+                    p.report.send(Verdict::None);
+                    Ok(rsp.map(ClassifyBody::passthrough))
+                }
+                Ok(mut rsp) => {
+                    let head = p
+                        .classify
+                        .classify_head(p.info, rsp.status(), rsp.headers());
+                    Ok(match head {
+                        HeadClass::Done(class) => {
+                            p.report.on_class(class);
+                            // The layers above read the same verdict (one classification).
+                            rsp.extensions_mut().insert(ResponseClass(class));
+                            rsp.map(ClassifyBody::passthrough)
+                        }
+                        HeadClass::AwaitEos if rsp.body().is_end_stream() => {
+                            let class = p.classify.classify_eos(p.info, None);
+                            p.report.on_class(class);
+                            rsp.extensions_mut().insert(ResponseClass(class));
+                            rsp.map(ClassifyBody::passthrough)
+                        }
+                        HeadClass::AwaitEos if p.peek => {
+                            let (parts, body) = rsp.into_parts();
+                            let body = ClassifyBody::new(body, p.classify, p.info, p.report);
+                            *this.peeking = Some((parts, body));
+                            // Read the first frame now.
+                            continue;
+                        }
+                        HeadClass::AwaitEos => {
+                            let late_class = LateClass::new();
+                            rsp.extensions_mut().insert(late_class.clone());
+                            let report = p.report.late(late_class);
+                            rsp.map(|b| ClassifyBody::new(b, p.classify, p.info, report))
+                        }
+                    })
+                }
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    let kind = (p.inspect)(&*e);
+                    if kind == ErrorKind::Connect {
+                        p.report.send(Verdict::Refused);
+                    } else {
+                        p.report.on_class(p.classify.classify_error(p.info, kind));
+                    }
+                    Err(e)
+                }
+            });
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::classify::{classify_default, Classification, ClassifyFn};
 use super::histogram::LatencyHistogram;
 use super::registry::MetricsRegistry;
+use crate::classify::{LateClass, ResponseClass};
 use crate::graph::{DestinationEdges, EdgeStats};
 use crate::stat::ServiceStats;
 
@@ -133,7 +134,9 @@ pub struct HttpMetrics<S> {
 }
 
 pin_project! {
-    /// Response future of [`HttpMetrics`]: records the outcome when the response headers arrive.
+    /// Response future of [`HttpMetrics`]: records the latency when the response headers arrive,
+    /// and the outcome then too, unless it waits for the trailers ([`LateClass`]): then when
+    /// the body ends, or is dropped before its end.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -525,35 +528,71 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let latency = this.start.elapsed();
-        let (class, status) = match &result {
-            // The verdict the endpoint's breaker gave with the request's (route's) classifier, so
-            // metrics agree with the breaker, balancer and retries; else the hook.
-            Ok(rsp) => match rsp.extensions().get::<crate::classify::ResponseClass>() {
-                Some(crate::classify::ResponseClass(c)) if c.is_success() => {
-                    (Classification::Success, Some(rsp.status().as_u16()))
-                }
-                Some(_) => (Classification::Failure, Some(rsp.status().as_u16())),
-                None => (
-                    (this.handles.classify)(rsp.status(), rsp.headers()),
-                    Some(rsp.status().as_u16()),
-                ),
-            },
-            Err(_) => (Classification::Failure, None),
-        };
         let handles = &**this.handles;
         handles.metrics.latency.observe(latency);
-        handles.metrics.responses.inc(class, status);
+        let rsp = match &result {
+            Ok(rsp) => rsp,
+            Err(_) => {
+                handles.record(Classification::Failure, None, latency, this.edge.take());
+                return Poll::Ready(result);
+            }
+        };
+        let status = Some(rsp.status().as_u16());
+        let extensions = rsp.extensions();
+        // The verdict the endpoint's breaker gave with the request's (route's) classifier, so
+        // metrics agree with the breaker, balancer and retries; else the hook.
+        let class = if let Some(ResponseClass(class)) = extensions.get::<ResponseClass>() {
+            Classification::from(*class)
+        } else if let Some(late) = extensions.get::<LateClass>() {
+            // Decided by the trailers: recorded when the breaker's body wrapper settles it (at
+            // the trailers, the end of the stream, or when the body is dropped).
+            let handles = this.handles.clone();
+            let edge = this.edge.take();
+            late.on_class(move |class| {
+                handles.record(Classification::from(class), status, latency, edge);
+            });
+            return Poll::Ready(result);
+        } else {
+            (handles.classify)(rsp.status(), rsp.headers())
+        };
+        handles.record(class, status, latency, this.edge.take());
+        Poll::Ready(result)
+    }
+}
+
+// === impl Handles ===
+
+impl Handles {
+    /// Records one response's class (its latency is recorded with its head).
+    #[inline]
+    fn record(
+        &self,
+        class: Classification,
+        status: Option<u16>,
+        latency: std::time::Duration,
+        edge: Option<Arc<EdgeStats>>,
+    ) {
+        self.metrics.responses.inc(class, status);
         let success = class.is_success();
-        if let Some(stats) = &handles.stats {
+        if let Some(stats) = &self.stats {
             stats.record(latency, success);
         }
-        if let Some(edge) = &handles.edge {
+        if let Some(edge) = &self.edge {
             edge.record(success);
         }
-        if let Some(edge) = this.edge.take() {
+        if let Some(edge) = edge {
             edge.record(success);
         }
-        Poll::Ready(result)
+    }
+}
+
+impl From<crate::classify::Class> for Classification {
+    fn from(class: crate::classify::Class) -> Self {
+        if class.is_success() {
+            Classification::Success
+        } else {
+            Classification::Failure
+        }
     }
 }
 

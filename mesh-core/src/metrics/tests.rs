@@ -367,3 +367,62 @@ async fn metrics_count_the_class_the_breaker_gave_with_the_routes_classifier() {
     assert_eq!(handles.responses(Classification::Success, Some(503)), 1);
     assert_eq!(handles.responses(Classification::Failure, Some(200)), 1);
 }
+
+/// A gRPC status that arrives in the trailers after data is counted when the breaker's body
+/// wrapper sees it (the response head alone says nothing), and a body dropped before its end is
+/// counted then (for gRPC, a failure: no status arrived), so no response goes uncounted.
+#[tokio::test]
+async fn metrics_count_a_grpc_status_from_the_trailers_at_the_end_of_the_body() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    let registry = MetricsRegistry::new();
+    let families = HttpMetricFamilies::register(&registry, Scope::Route);
+    let target = TargetLabels::route("grpc");
+    let breaker = crate::breaker::Breaker::layer(crate::breaker::BreakerConfig::default());
+    let endpoint = breaker.layer(
+        service_fn(|req: Request<()>| async move {
+            let mut trailers = http::HeaderMap::new();
+            let code = if req.uri().path() == "/ok" { "0" } else { "14" };
+            trailers.insert("grpc-status", code.parse().unwrap());
+            let frames = [
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
+                    b"\0\0\0\0\0",
+                ))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Ok::<_, std::convert::Infallible>(Response::new(body))
+        }),
+        mesh_balance::Health::new(),
+    );
+    let mut svc = HttpMetrics::layer(families.target(&target), classify_default).layer(endpoint);
+    let grpc = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap()
+    };
+    let handles = families.target(&target);
+    let counted = |class| handles.responses(class, Some(200));
+
+    let rsp = svc.ready().await.unwrap().call(grpc("/fail")).await.unwrap();
+    assert_eq!(
+        (counted(Classification::Success), counted(Classification::Failure)),
+        (0, 0),
+        "nothing is known before the trailers"
+    );
+    rsp.into_body().collect().await.unwrap();
+    assert_eq!(counted(Classification::Failure), 1);
+
+    let rsp = svc.ready().await.unwrap().call(grpc("/ok")).await.unwrap();
+    rsp.into_body().collect().await.unwrap();
+    assert_eq!(counted(Classification::Success), 1);
+
+    // The caller gives up on the body before its trailers.
+    let rsp = svc.ready().await.unwrap().call(grpc("/ok")).await.unwrap();
+    drop(rsp);
+    assert_eq!(counted(Classification::Failure), 2);
+    assert_eq!(handles.requests(), 3);
+}

@@ -22,9 +22,14 @@
 //! for idempotent methods under the default preset). Before a retry the deadline headers are
 //! rewritten with the time then left ([`crate::deadline::propagate`]).
 //!
-//! Classification happens on the response head: a gRPC response whose status arrives only in the
-//! trailers is not retried (the body has been streaming to the caller by then); trailers-only gRPC
-//! responses (`grpc-status` in the headers, how servers answer UNAVAILABLE) are.
+//! Classification happens before the response is handed on. Trailers-only gRPC responses
+//! (`grpc-status` in the headers, how most servers answer UNAVAILABLE) are classified by their head.
+//! For a gRPC attempt this layer could retry, it sets [`PeekTrailers`](crate::classify::PeekTrailers),
+//! so the endpoint's circuit breaker reads the body's first frame when the head leaves the status
+//! open: an error sent as an empty body with its status in the trailers is then known with the
+//! head ([`ResponseClass`](crate::classify::ResponseClass), which this layer reads) and retried
+//! like a trailers-only one. A status after data is known only when the body ends, too late to
+//! retry: the body has been streaming to the caller.
 //!
 //! Responses the mesh made itself carry their [`crate::error::Error`] as an extension: a full
 //! pending queue ([`crate::shed::Shed`]) is never retried; an endpoint's concurrency cap is retried
@@ -326,10 +331,15 @@ pub(crate) fn classify_outcome<RB>(
             // One endpoint was at its cap: the request never reached it, so another attempt (the
             // balancer chooses again) is safe for any method.
             Some(crate::error::Error::ConcurrencyCapReached(_)) => Class::RetryableFailure,
-            _ => match classify.classify_head(info, rsp.status(), rsp.headers()) {
-                HeadClass::Done(class) => class,
-                // Decided by trailers; the body streams to the caller, so no retry.
-                HeadClass::AwaitEos => Class::Success,
+            // The endpoint's breaker classified it with the same classifier (the request's),
+            // possibly from the trailers of an empty body ([`crate::classify::PeekTrailers`]).
+            _ => match rsp.extensions().get::<crate::classify::ResponseClass>() {
+                Some(crate::classify::ResponseClass(class)) => *class,
+                None => match classify.classify_head(info, rsp.status(), rsp.headers()) {
+                    HeadClass::Done(class) => class,
+                    // Decided by trailers; the body streams to the caller, so no retry.
+                    HeadClass::AwaitEos => Class::Success,
+                },
             },
         },
         Err(e) => classify.classify_error(info, inspect(&**e)),
@@ -440,6 +450,11 @@ where
                 parts
                     .extensions
                     .insert(crate::hedge::AvoidEndpoint::default());
+            }
+            // A gRPC status that only the trailers of an empty body carry can still be retried
+            // if the breaker reads that far before handing the response on.
+            if info.grpc {
+                parts.extensions.insert(crate::classify::PeekTrailers);
             }
             let mut backoff = Backoff::new(shared.config.backoff);
             let req = Request::from_parts(parts.clone(), replay.body());
