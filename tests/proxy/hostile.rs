@@ -62,10 +62,15 @@ async fn app() -> (Backend, Arc<AtomicUsize>) {
 /// A proxy with outbound (overrides trusted, so an invalid dtab is judged), inbound (strict
 /// mTLS as workload `b`, in front of `app`) and admin, under [`LIMITS`].
 async fn proxy(certs: &Certs, app: SocketAddr) -> Proxy {
+    proxy_with(certs, app, LIMITS).await
+}
+
+/// [`proxy`] with other `[limits]`.
+async fn proxy_with(certs: &Certs, app: SocketAddr, limits: &str) -> Proxy {
     Proxy::start(
         "hostile",
         &format!(
-            "{LIMITS}\n[outbound]\ndtab = \"/svc => /srv;\"\ntrust_overrides = true\n[inbound]\napp = \"{app}\"\n{}\n[[service]]\nname = \"/srv/app\"\nendpoints = [\"{app}\"]\n",
+            "{limits}\n[outbound]\ndtab = \"/svc => /srv;\"\ntrust_overrides = true\n[inbound]\napp = \"{app}\"\n{}\n[[service]]\nname = \"/srv/app\"\nendpoints = [\"{app}\"]\n",
             certs.tls("b", "strict")
         ),
     )
@@ -584,7 +589,13 @@ async fn a_flood_of_connections_is_capped_and_memory_returns_to_its_level() {
     support::init_tracing();
     let certs = Certs::new();
     let (app, _) = app().await;
-    let p = proxy(&certs, app.addr).await;
+    // Held connections keep their slots for 10 s, however slowly a loaded machine opens them.
+    let limits = LIMITS.replace(
+        "first_byte_timeout = \"1s\"",
+        "first_byte_timeout = \"10s\"",
+    );
+    assert_ne!(limits, LIMITS);
+    let p = proxy_with(&certs, app.addr, &limits).await;
     let addr = p.outbound;
     for _ in 0..20 {
         assert_eq!(try_get(addr, "http://app/warm").await, Ok(200));
