@@ -36,7 +36,7 @@
 //! | endpoint concurrency cap | 1,024 | [`ClientBuilder::endpoint_concurrency`] |
 //! | protocol | each request's own version: HTTP/2 (prior knowledge, or ALPN `h2` with TLS) for HTTP/2 requests, HTTP/1.1 for the others | [`ClientBuilder::protocol`], endpoint label `protocol`, route policy |
 //! | connect timeout | 1 s | [`ClientBuilder::connect_timeout`] |
-//! | connection pool | idle connections closed after 90 s; HTTP/2 PING every 20 s, closed if unanswered for 20 s | [`ClientBuilder::hyper`] |
+//! | connections | HTTP/1.1: a stack of idle connections per endpoint ([`crate::pool`]); HTTP/2: one multiplexed connection per endpoint; idle connections closed after 90 s; HTTP/2 PING every 20 s, closed if unanswered for 20 s | [`ClientBuilder::idle_timeout`], [`ClientBuilder::hyper`] |
 //! | mutual TLS | off; [`ClientBuilder::tls`] turns it on for endpoints with an expected identity | [`ClientBuilder::tls`] |
 //! | metrics | on: `meshwork_route_*` around the whole stack, `meshwork_endpoint_*` per endpoint, plus retry, hedge, deadline and ejection counters | [`ClientBuilder::telemetry`] |
 //! | tracing | context propagated (W3C, B3), no spans exported; a span per attempt when a [`Tracing`] exporter is set | [`ClientBuilder::tracing`] |
@@ -155,6 +155,7 @@ pub struct ClientBuilder {
     transport: Option<MakeTransport>,
     balance: mesh_balance::Config,
     hyper: legacy::Builder,
+    idle_timeout: Option<Duration>,
     protocol: Protocol,
     connect_timeout: Duration,
     authority: Option<Authority>,
@@ -423,7 +424,6 @@ impl ClientBuilder {
     pub fn new(discovery: Discovery) -> Self {
         let mut hyper = legacy::Client::builder(TokioExecutor::new());
         hyper
-            .pool_idle_timeout(Duration::from_secs(90))
             .http2_keep_alive_interval(Some(Duration::from_secs(20)))
             .http2_keep_alive_timeout(Duration::from_secs(20));
         Self {
@@ -431,6 +431,7 @@ impl ClientBuilder {
             transport: None,
             balance: mesh_balance::Config::default(),
             hyper,
+            idle_timeout: Some(crate::pool::DEFAULT_IDLE_TIMEOUT),
             protocol: Protocol::Auto,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authority: None,
@@ -458,12 +459,20 @@ impl ClientBuilder {
         self
     }
 
-    /// The hyper-util client settings each endpoint's pool is built with (pool sizes, idle
-    /// timeouts, HTTP/2 windows). Default: hyper-util's defaults with a 90 s idle timeout and
-    /// HTTP/2 keepalive PINGs every 20 s (closed when unanswered for 20 s). The client always
-    /// gives the builder tokio's timer, so idle timeouts and keepalives take effect.
+    /// The hyper-util client settings each endpoint's HTTP/2 connection is made with (windows,
+    /// keepalive, stream limits). Default: hyper-util's defaults with HTTP/2 keepalive PINGs every
+    /// 20 s (closed when unanswered for 20 s). The client always gives the builder tokio's timer,
+    /// so keepalives take effect. HTTP/1.1 connections are meshwork's own ([`crate::pool`]);
+    /// the idle timeout of both is [`ClientBuilder::idle_timeout`]'s.
     pub fn hyper(mut self, builder: legacy::Builder) -> Self {
         self.hyper = builder;
+        self
+    }
+
+    /// How long an endpoint's connection may stay idle before it is closed (default 90 s, as
+    /// hyper-util's; `None`: never).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -759,6 +768,7 @@ impl ClientBuilder {
             health_check: self.health_check,
             transport: self.transport,
             hyper,
+            idle_timeout: self.idle_timeout,
             protocol: self.protocol,
             connect_timeout: self.connect_timeout,
             breaker: breaker_layer.take(),
@@ -1072,6 +1082,7 @@ struct NewEndpoint {
     health_check: Option<HealthCheckConfig>,
     transport: Option<MakeTransport>,
     hyper: legacy::Builder,
+    idle_timeout: Option<Duration>,
     protocol: Protocol,
     connect_timeout: Duration,
     breaker: Option<BreakerLayer>,
@@ -1125,13 +1136,12 @@ impl NewEndpoint {
                     .get("protocol")
                     .and_then(|name| Protocol::from_name(name))
                     .unwrap_or(self.protocol);
-                let client = EndpointClient::new(&self.hyper, connector, protocol);
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .map_response(|rsp: http::Response<hyper::body::Incoming>| rsp.map(boxed))
-                        .map_err(BoxError::from)
-                        .service(client),
-                )
+                BoxCloneSyncService::new(EndpointClient::new(
+                    &self.hyper,
+                    connector,
+                    protocol,
+                    self.idle_timeout,
+                ))
             }
         };
         let (metrics, series) = self

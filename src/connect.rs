@@ -8,11 +8,12 @@
 //! address it was built for — in plaintext, or (feature `tls`) with mutual TLS that requires the
 //! server to present the identity discovery expects at that endpoint.
 //!
-//! [`EndpointClient`] is the endpoint's HTTP client on top: two pools over the same connector, one
-//! HTTP/1.1 and one HTTP/2, and each request goes over the one its [`Protocol`] picks (by default
-//! its own version), so one client serves HTTP/1 callers and gRPC alike. HTTP/2 is spoken with
-//! prior knowledge in plaintext and negotiated by ALPN over TLS (each pool offers only its own
-//! protocol).
+//! [`EndpointClient`] is the endpoint's HTTP client on top: HTTP/1.1 connections of its own
+//! ([`crate::pool`]: a stack of idle connections, each request driving the one it borrows) and
+//! hyper-util's client for HTTP/2, over the same connector; each request goes over the protocol
+//! its [`Protocol`] picks (by default its own version), so one client serves HTTP/1 callers and
+//! gRPC alike. HTTP/2 is spoken with prior knowledge in plaintext and negotiated by ALPN over TLS
+//! (each side offers only its own protocol).
 //!
 //! Connections get `TCP_NODELAY` (requests and responses are small writes that must not wait for
 //! Nagle's algorithm) and a connect timeout (default 1 s, as Linkerd 2's outbound connect timeout).
@@ -34,13 +35,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::client::legacy;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::{self, ResponseFuture};
 use hyper_util::rt::TokioIo;
 use mesh_core::route::{Protocol, RouteTarget};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
+use crate::pool::Http1Pool;
 
 /// The default time allowed for a TCP connect to an endpoint.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -236,8 +238,9 @@ impl tower::Service<http::Uri> for EndpointConnector {
     }
 }
 
-/// An endpoint's HTTP client: an HTTP/1.1 pool and an HTTP/2 pool to the one address, each
-/// request sent over the protocol chosen for it. Cheap to clone (clones share the pools).
+/// An endpoint's HTTP client: its HTTP/1.1 connections ([`crate::pool`]) and an HTTP/2 client
+/// (hyper-util's, one multiplexed connection) to the one address, each request sent over the
+/// protocol chosen for it. Cheap to clone (clones share the connections).
 ///
 /// The choice, most specific first: a [`Protocol`] request extension, the route's
 /// [`RoutePolicy::protocol`](mesh_core::route::RoutePolicy::protocol) (from the
@@ -245,7 +248,7 @@ impl tower::Service<http::Uri> for EndpointConnector {
 /// client's), and with [`Protocol::Auto`] the request's version.
 #[derive(Clone, Debug)]
 pub struct EndpointClient {
-    h1: legacy::Client<EndpointConnector, Body>,
+    h1: Http1Pool,
     h2: legacy::Client<EndpointConnector, Body>,
     default: Protocol,
 }
@@ -274,11 +277,17 @@ pub fn endpoint_error_kind(
 // === impl EndpointClient ===
 
 impl EndpointClient {
-    /// Both pools from `builder` (the HTTP/2 one with `http2_only`), dialing with `connector`.
-    pub fn new(builder: &legacy::Builder, connector: EndpointConnector, default: Protocol) -> Self {
-        let h1 = builder.build(connector.clone().alpn(Protocol::Http1));
+    /// The endpoint's HTTP/1.1 connections, closed after `idle_timeout` idle (`None`: never),
+    /// and its HTTP/2 client from `builder` (with `http2_only`), both dialing with `connector`.
+    pub fn new(
+        builder: &legacy::Builder,
+        connector: EndpointConnector,
+        default: Protocol,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        let h1 = Http1Pool::new(connector.clone().alpn(Protocol::Http1), idle_timeout);
         let mut h2 = builder.clone();
-        h2.http2_only(true);
+        h2.http2_only(true).pool_idle_timeout(idle_timeout);
         let h2 = h2.build(connector.alpn(Protocol::Http2));
         EndpointClient { h1, h2, default }
     }
@@ -304,23 +313,24 @@ impl EndpointClient {
 }
 
 impl tower::Service<http::Request<Body>> for EndpointClient {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = legacy::Error;
-    type Future = ResponseFuture;
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         if self.protocol_for(&req) == Protocol::Http2 {
             *req.version_mut() = http::Version::HTTP_2;
-            self.h2.request(req)
+            let rsp = self.h2.request(req);
+            Box::pin(async move {
+                let rsp = rsp.await?;
+                Ok(rsp.map(crate::body::boxed))
+            })
         } else {
-            if req.version() == http::Version::HTTP_2 {
-                *req.version_mut() = http::Version::HTTP_11;
-            }
-            self.h1.request(req)
+            Box::pin(self.h1.send(req))
         }
     }
 }

@@ -85,6 +85,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod load_report;
+pub mod pool;
 pub mod respond;
 pub mod routing;
 pub mod server;

@@ -285,3 +285,120 @@ async fn a_failed_connect_prints_each_cause_once() {
     assert!(chain.contains(&addr.to_string()), "{chain}");
     assert!(chain.to_lowercase().contains("refused"), "{chain}");
 }
+
+/// A raw HTTP/1.1 backend on its own thread and runtime: answers every request on a connection with `200 ok` after `delay`, and closes each
+/// connection `close_after` after its first response (`None`: keeps it). Returns the address and
+/// the number of connections accepted.
+fn raw_backend(
+    delay: Duration,
+    close_after: Option<Duration>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            tokio::time::sleep(delay).await;
+                            let rsp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(rsp).await.is_err() {
+                                return;
+                            }
+                            if let Some(after) = close_after {
+                                tokio::time::sleep(after).await;
+                                return; // drops the socket: closed while the client holds it idle
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn http1_connections_are_reused_once_their_response_is_read() {
+    use std::sync::atomic::Ordering;
+    init_tracing();
+    let (addr, accepted) = raw_backend(Duration::from_millis(100), None);
+    let client = meshwork::client(Discovery::fixed([Endpoint::new(addr)]).expect("discovery"))
+        .authority("svc.test")
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    let send = || async {
+        let req = http::Request::get("/").body(Empty::new()).expect("request");
+        let rsp = client.request(req).await.expect("response");
+        assert_eq!(rsp.status(), 200);
+        rsp.into_body().collect().await.expect("body");
+    };
+    // Eight at once need eight connections (the backend takes 100 ms per response) ...
+    futures_util::future::join_all((0..8).map(|_| send())).await;
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        opened >= 8,
+        "{opened} connections for 8 concurrent requests"
+    );
+    // ... which then carry the next requests, one at a time or eight at once: none is dialed
+    // again.
+    for _ in 0..8 {
+        send().await;
+    }
+    futures_util::future::join_all((0..8).map(|_| send())).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        opened,
+        "idle connections were not reused"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_endpoint_closed_while_idle_is_replaced_without_failing_a_request() {
+    use std::sync::atomic::Ordering;
+    init_tracing();
+    let (addr, accepted) = raw_backend(Duration::ZERO, Some(Duration::from_millis(20)));
+    let client = meshwork::client(Discovery::fixed([Endpoint::new(addr)]).expect("discovery"))
+        .authority("svc.test")
+        .retry(None)
+        .build::<Empty<Bytes>>()
+        .expect("client");
+    for n in 1..=3 {
+        let req = http::Request::get("/").body(Empty::new()).expect("request");
+        let rsp = client
+            .request(req)
+            .await
+            .expect("the request succeeds on a new connection");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(
+            rsp.into_body().collect().await.expect("body").to_bytes(),
+            "ok"
+        );
+        // The backend closes the connection 20 ms after answering; the next request finds it
+        // closed in the stack.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+    }
+}

@@ -199,12 +199,9 @@ async fn the_client_closes_idle_pooled_connections_at_their_idle_timeout() {
             });
         }
     });
-    let mut hyper =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
-    hyper.pool_idle_timeout(Duration::from_millis(300));
     let client = meshwork::client(Discovery::fixed([Endpoint::new(backend)]).expect("discovery"))
         .authority("svc.test")
-        .hyper(hyper)
+        .idle_timeout(Some(Duration::from_millis(300)))
         .build::<http_body_util::Empty<bytes::Bytes>>()
         .expect("client");
     let rsp = client
