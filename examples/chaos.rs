@@ -20,7 +20,6 @@
 //! The test suite runs the same code for a few seconds (`tests/chaos.rs`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -82,20 +81,61 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
+impl Report {
+    /// The counts as the last line shows them, after the program's name: `requests N, failed F,
+    /// cut_off C, retries R, ejections E, p50_ms X, p99_ms Y`.
+    pub fn counts(&self) -> impl std::fmt::Display + '_ {
+        struct Counts<'a>(&'a Report);
+        impl std::fmt::Display for Counts<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let r = self.0;
+                write!(
+                    f,
+                    "requests {}, failed {}, cut_off {}, retries {}, ejections {}, p50_ms {:.1}, p99_ms {:.1}",
+                    r.requests, r.failed, r.cut_off, r.retries, r.ejections, r.p50_ms, r.p99_ms
+                )
+            }
+        }
+        Counts(self)
+    }
+
+    /// Prints the kills and each failure's cause (stderr).
+    pub fn print_failures(&self) {
+        eprintln!("backend kills: {}", self.kills);
+        for failure in &self.failures {
+            eprintln!("failure: {failure}");
+        }
+        let shown = self.failures.len() as u64;
+        if self.failed > shown {
+            eprintln!("... and {} more failures", self.failed - shown);
+        }
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "chaos: requests {}, failed {}, cut_off {}, retries {}, ejections {}, p50_ms {:.1}, p99_ms {:.1}",
-            self.requests,
-            self.failed,
-            self.cut_off,
-            self.retries,
-            self.ejections,
-            self.p50_ms,
-            self.p99_ms
-        )
+        write!(f, "chaos: {}", self.counts())
     }
+}
+
+/// `--duration SECONDS` from the command line (the only argument), or `default`; exits with a
+/// usage line on anything else.
+pub fn duration_arg(program: &str, default: Duration) -> Duration {
+    let mut duration = default;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (
+            arg.as_str(),
+            args.next().and_then(|s| s.parse::<u64>().ok()),
+        ) {
+            ("--duration", Some(secs)) => duration = Duration::from_secs(secs),
+            _ => {
+                eprintln!("usage: {program} [--duration SECONDS]");
+                std::process::exit(2);
+            }
+        }
+    }
+    duration
 }
 
 /// One backend on a fixed loopback address: answers every request with 200 "ok".
@@ -172,16 +212,147 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Runs the chaos: three backends, a killer, `settings.loops` GET loops.
-pub async fn run(settings: Settings) -> Report {
-    let mut backends: Vec<Option<Backend>> = Vec::new();
-    for _ in 0..3 {
+/// The outcomes one request loop saw: what `failed` and `cut_off` mean is decided here, once, for
+/// every client that the chaos and the soak (`examples/soak.rs`) drive.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests that failed (error or non-200), cut-offs excluded.
+    pub failed: u64,
+    /// 200 responses whose body a killed backend cut off.
+    pub cut_off: u64,
+    /// The causes of the first [`Tally::KEEP`] failures.
+    pub failures: Vec<String>,
+    /// Latency of each completed request (µs).
+    pub latencies_us: Vec<u64>,
+}
+
+impl Tally {
+    /// How many failure causes a tally keeps.
+    pub const KEEP: usize = 20;
+
+    /// Counts one request that started at `start`, reading its body to the end.
+    pub async fn record<B, E>(&mut self, start: Instant, result: Result<http::Response<B>, E>)
+    where
+        B: http_body::Body,
+        E: std::error::Error + 'static,
+    {
+        self.requests += 1;
+        match result {
+            Ok(rsp) if rsp.status() == http::StatusCode::OK => {
+                match rsp.into_body().collect().await {
+                    Ok(_) => self.latencies_us.push(start.elapsed().as_micros() as u64),
+                    Err(_) => self.cut_off += 1,
+                }
+            }
+            Ok(rsp) => {
+                let err = rsp
+                    .headers()
+                    .get("l5d-err")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                self.fail(format!("status {} {err}", rsp.status()));
+            }
+            Err(e) => self.fail(chain(&e)),
+        }
+    }
+
+    fn fail(&mut self, cause: String) {
+        self.failed += 1;
+        if self.failures.len() < Self::KEEP {
+            self.failures.push(cause);
+        }
+    }
+
+    /// Adds `other`'s counts to this one.
+    pub fn merge(&mut self, other: Tally) {
+        self.requests += other.requests;
+        self.failed += other.failed;
+        self.cut_off += other.cut_off;
+        self.failures.extend(other.failures);
+        self.failures.truncate(Self::KEEP);
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    /// The `q` quantile (0..=1) of the latencies in ms, by nearest rank; 0 without any.
+    pub fn percentile_ms(&mut self, q: f64) -> f64 {
+        let lat = &mut self.latencies_us;
+        if lat.is_empty() {
+            return 0.0;
+        }
+        lat.sort_unstable();
+        let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+        lat[rank - 1] as f64 / 1e3
+    }
+}
+
+/// Kills and restarts the `backends` (bound to `addrs`) at random every `kill_min..=kill_max`
+/// until `end`, keeping at least one up; `on_round` sees which are up after each round. Restarts
+/// every backend at the end, so that loops finishing their last requests find them, and returns
+/// the number of kills and the backends.
+pub async fn shake(
+    mut backends: Vec<Option<Backend>>,
+    addrs: Vec<SocketAddr>,
+    settings: Settings,
+    end: Instant,
+    mut on_round: impl FnMut(&[bool]) + Send,
+) -> (u64, Vec<Option<Backend>>) {
+    let mut kills = 0u64;
+    while Instant::now() < end {
+        let wait = {
+            let mut rng = rand::rng();
+            let ms = rng.random_range(
+                settings.kill_min.as_millis() as u64..=settings.kill_max.as_millis() as u64,
+            );
+            Duration::from_millis(ms)
+        };
+        tokio::time::sleep(wait.min(end.saturating_duration_since(Instant::now()))).await;
+        if Instant::now() >= end {
+            break;
+        }
+        let i = rand::rng().random_range(0..backends.len());
+        let up = backends.iter().filter(|b| b.is_some()).count();
+        match &backends[i] {
+            Some(_) if up > 1 => {
+                backends[i] = None;
+                kills += 1;
+            }
+            Some(_) => {}
+            None => match Backend::start(addrs[i]).await {
+                Ok(b) => backends[i] = Some(b),
+                Err(e) => eprintln!("cannot restart backend {}: {e}", addrs[i]),
+            },
+        }
+        let up: Vec<bool> = backends.iter().map(Option::is_some).collect();
+        on_round(&up);
+    }
+    // Leave every backend up while the loops finish their last requests.
+    for (i, slot) in backends.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = Backend::start(addrs[i]).await.ok();
+        }
+    }
+    (kills, backends)
+}
+
+/// Starts `n` backends on fresh loopback ports.
+pub async fn backends(n: usize) -> (Vec<Option<Backend>>, Vec<SocketAddr>) {
+    let mut backends = Vec::new();
+    for _ in 0..n {
         let backend = Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .expect("bind a loopback port");
         backends.push(Some(backend));
     }
-    let addrs: Vec<SocketAddr> = backends.iter().flatten().map(|b| b.addr).collect();
+    let addrs = backends.iter().flatten().map(|b| b.addr).collect();
+    (backends, addrs)
+}
+
+/// Runs the chaos: three backends, a killer, `settings.loops` GET loops.
+pub async fn run(settings: Settings) -> Report {
+    let (backends, addrs) = backends(3).await;
     let discovery =
         Discovery::fixed(addrs.iter().map(|a| Endpoint::new(*a))).expect("a fixed endpoint set");
     let client = meshwork::client(discovery)
@@ -190,145 +361,52 @@ pub async fn run(settings: Settings) -> Report {
         .expect("client");
 
     let end = Instant::now() + settings.duration;
-    let killer = tokio::spawn({
-        let settings = settings.clone();
-        async move {
-            let mut kills = 0u64;
-            while Instant::now() < end {
-                let wait = {
-                    let mut rng = rand::rng();
-                    let ms = rng.random_range(
-                        settings.kill_min.as_millis() as u64..=settings.kill_max.as_millis() as u64,
-                    );
-                    Duration::from_millis(ms)
-                };
-                tokio::time::sleep(wait.min(end.saturating_duration_since(Instant::now()))).await;
-                if Instant::now() >= end {
-                    break;
-                }
-                let i = rand::rng().random_range(0..backends.len());
-                let up = backends.iter().filter(|b| b.is_some()).count();
-                match &backends[i] {
-                    Some(_) if up > 1 => {
-                        backends[i] = None;
-                        kills += 1;
-                    }
-                    Some(_) => {}
-                    None => match Backend::start(addrs[i]).await {
-                        Ok(b) => backends[i] = Some(b),
-                        Err(e) => eprintln!("cannot restart backend {}: {e}", addrs[i]),
-                    },
-                }
-            }
-            // Leave every backend up while the loops finish their last requests.
-            for (i, slot) in backends.iter_mut().enumerate() {
-                if slot.is_none() {
-                    *slot = Backend::start(addrs[i]).await.ok();
-                }
-            }
-            (kills, backends)
-        }
-    });
+    let killer = tokio::spawn(shake(backends, addrs, settings.clone(), end, |_| {}));
 
     let mut loops = Vec::new();
     for _ in 0..settings.loops {
         let client = client.clone();
         loops.push(tokio::spawn(async move {
-            let mut report = Report::default();
-            let mut latencies = Vec::new();
+            let mut tally = Tally::default();
             while Instant::now() < end {
                 let start = Instant::now();
                 let req = http::Request::get("/").body(Empty::new()).expect("request");
-                report.requests += 1;
-                match client.request(req).await {
-                    Ok(rsp) if rsp.status() == http::StatusCode::OK => {
-                        match rsp.into_body().collect().await {
-                            Ok(_) => latencies.push(start.elapsed().as_micros() as u64),
-                            Err(_) => report.cut_off += 1,
-                        }
-                    }
-                    Ok(rsp) => {
-                        report.failed += 1;
-                        if report.failures.len() < 5 {
-                            let err = rsp
-                                .headers()
-                                .get("l5d-err")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            report
-                                .failures
-                                .push(format!("status {} {err}", rsp.status()));
-                        }
-                    }
-                    Err(e) => {
-                        report.failed += 1;
-                        if report.failures.len() < 5 {
-                            report.failures.push(chain(&e));
-                        }
-                    }
-                }
+                let result = client.request(req).await;
+                tally.record(start, result).await;
             }
-            (report, latencies)
+            tally
         }));
     }
 
-    let mut report = Report::default();
-    let mut latencies = Vec::new();
+    let mut tally = Tally::default();
     for l in loops {
-        let (r, lat) = l.await.expect("GET loop");
-        report.requests += r.requests;
-        report.failed += r.failed;
-        report.cut_off += r.cut_off;
-        report.failures.extend(r.failures);
-        latencies.extend(lat);
+        tally.merge(l.await.expect("GET loop"));
     }
     let (kills, backends) = killer.await.expect("killer");
     drop(backends);
-    report.kills = kills;
-    report.failures.truncate(5);
-    report.retries = client.stats().retry.retries();
-    report.ejections = client.stats().breaker.ejections();
-    latencies.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1] as f64 / 1e3
-    };
-    report.p50_ms = pct(0.50);
-    report.p99_ms = pct(0.99);
-    report
+    let mut failures = tally.failures.clone();
+    failures.truncate(5);
+    Report {
+        requests: tally.requests,
+        failed: tally.failed,
+        cut_off: tally.cut_off,
+        retries: client.stats().retry.retries(),
+        ejections: client.stats().breaker.ejections(),
+        kills,
+        p50_ms: tally.percentile_ms(0.50),
+        p99_ms: tally.percentile_ms(0.99),
+        failures,
+    }
 }
 
 #[allow(dead_code)] // the test suite includes this file for `run`, not `main`
 #[tokio::main]
 async fn main() {
-    let mut settings = Settings::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--duration" => {
-                let secs = args.next().and_then(|s| s.parse::<u64>().ok());
-                match secs {
-                    Some(secs) => settings.duration = Duration::from_secs(secs),
-                    None => {
-                        eprintln!("--duration takes a number of seconds");
-                        std::process::exit(2);
-                    }
-                }
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; usage: chaos [--duration SECONDS]");
-                std::process::exit(2);
-            }
-        }
-    }
-    let report = Arc::new(run(settings).await);
-    eprintln!("backend kills: {}", report.kills);
-    for failure in &report.failures {
-        eprintln!("failure: {failure}");
-    }
+    let settings = Settings {
+        duration: duration_arg("chaos", Settings::default().duration),
+        ..Settings::default()
+    };
+    let report = run(settings).await;
+    report.print_failures();
     println!("{report}");
 }

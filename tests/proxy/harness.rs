@@ -216,13 +216,29 @@ impl Proxy {
     }
 
     pub fn signal_term(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGHUP: reload the configuration file.
+    #[allow(dead_code)] // for the soak (`examples/soak.rs`), which includes this file
+    pub fn signal_hup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, which: &str) {
         if let Some(child) = &self.child {
             let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args([which, &child.id().to_string()])
                 .status()
-                .expect("kill -TERM");
-            assert!(status.success());
+                .expect("kill");
+            assert!(status.success(), "kill {which}");
         }
+    }
+
+    /// The process id, while it runs.
+    #[allow(dead_code)] // for the soak (`examples/soak.rs`), which includes this file
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
