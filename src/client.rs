@@ -1314,7 +1314,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.stack.poll_ready(cx).map_err(Error::from_boxed)
@@ -1322,14 +1322,37 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Err(error) = self.absolutize(&mut req) {
-            return Box::pin(std::future::ready(Err(error)));
+            return ResponseFuture(Err(Some(error)));
         }
-        let fut = self.stack.call(req);
-        let left_out = self.left_out.clone();
-        Box::pin(async move {
-            fut.await
-                .map_err(|e| Error::from_boxed(e).naming_left_out(&left_out))
-        })
+        // The stack's future is boxed already: this one only maps its error (no second box).
+        ResponseFuture(Ok((self.stack.call(req), self.left_out.clone())))
+    }
+}
+
+/// The stack's (boxed) response future.
+type StackFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+/// The response future of [`Client`].
+pub struct ResponseFuture(Result<(StackFuture, LeftOut), Option<Error>>);
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Body>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Unpin: the inner future is boxed.
+        match &mut self.get_mut().0 {
+            Ok((fut, left_out)) => fut
+                .as_mut()
+                .poll(cx)
+                .map_err(|e| Error::from_boxed(e).naming_left_out(left_out)),
+            Err(error) => Poll::Ready(Err(error.take().unwrap_or(Error::MissingAuthority))),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 

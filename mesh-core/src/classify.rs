@@ -95,6 +95,10 @@ impl Class {
 /// instead of classifying again, so both judge by the same classifier. Absent when the class waits
 /// for the trailers; a failure found there reaches the balancer through
 /// [`mesh_balance::Health::report_late_failure`].
+///
+/// Left out on the common path, a success with a status below 500 and no `grpc-status` header,
+/// which every reader's own reading of the head (the request's classifier, the balancer's and the
+/// metrics' defaults) also calls a success: inserting an extension costs allocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseClass(pub Class);
 

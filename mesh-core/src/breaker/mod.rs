@@ -658,8 +658,16 @@ where
                     Ok(match head {
                         HeadClass::Done(class) => {
                             p.report.on_class(class);
-                            // The layers above read the same verdict (one classification).
-                            rsp.extensions_mut().insert(ResponseClass(class));
+                            // The layers above read the same verdict (one classification),
+                            // except where every reader's own reading of the head agrees (a
+                            // success below 500 without a gRPC status): that common case costs
+                            // no extension (an allocation or three).
+                            if !class.is_success()
+                                || rsp.status().is_server_error()
+                                || rsp.headers().contains_key(crate::error::GRPC_STATUS)
+                            {
+                                rsp.extensions_mut().insert(ResponseClass(class));
+                            }
                             rsp.map(ClassifyBody::passthrough)
                         }
                         HeadClass::AwaitEos if rsp.body().is_end_stream() => {

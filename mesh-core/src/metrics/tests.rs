@@ -407,9 +407,18 @@ async fn metrics_count_a_grpc_status_from_the_trailers_at_the_end_of_the_body() 
     let handles = families.target(&target);
     let counted = |class| handles.responses(class, Some(200));
 
-    let rsp = svc.ready().await.unwrap().call(grpc("/fail")).await.unwrap();
+    let rsp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc("/fail"))
+        .await
+        .unwrap();
     assert_eq!(
-        (counted(Classification::Success), counted(Classification::Failure)),
+        (
+            counted(Classification::Success),
+            counted(Classification::Failure)
+        ),
         (0, 0),
         "nothing is known before the trailers"
     );

@@ -354,7 +354,21 @@ pub struct AttemptDeadline(pub tokio::time::Instant);
 
 /// Sends one attempt, with the per-try timeout.
 pub(crate) async fn attempt<S, B, RB>(
-    svc: S,
+    mut svc: S,
+    req: Request<B>,
+    per_try_timeout: Option<Duration>,
+) -> Result<Response<RB>, BoxError>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    attempt_on(&mut svc, req, per_try_timeout).await
+}
+
+/// Sends one attempt through `svc` (waiting for it to be ready), with the per-try timeout; the
+/// same service can send the next attempt.
+pub(crate) async fn attempt_on<S, B, RB>(
+    svc: &mut S,
     mut req: Request<B>,
     per_try_timeout: Option<Duration>,
 ) -> Result<Response<RB>, BoxError>
@@ -366,7 +380,10 @@ where
         req.extensions_mut()
             .insert(AttemptDeadline(tokio::time::Instant::now() + t));
     }
-    let fut = svc.oneshot(req);
+    let fut = async {
+        let svc = svc.ready().await?;
+        svc.call(req).await
+    };
     match per_try_timeout {
         None => fut.await.map_err(Into::into),
         Some(t) => match tokio::time::timeout(t, fut).await {
@@ -395,8 +412,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // The first attempt uses the service that was made ready; retries use clones.
-        let spare = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, spare.clone());
+        // One clone: the ready service goes into the future and serves every attempt.
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
         let shared = self.shared.clone();
         Box::pin(async move {
             let stats = &shared.stats.0;
@@ -417,7 +435,7 @@ where
                         inner: body,
                     },
                 );
-                return attempt(ready, req, shared.config.per_try_timeout).await;
+                return attempt_on(&mut ready, req, shared.config.per_try_timeout).await;
             }
             let classify = classifier_for(&parts.extensions, &shared.classify);
             let content_length = parts
@@ -433,7 +451,7 @@ where
                 body::Prepared::Replayable(replay) => replay,
                 body::Prepared::Once(body) => {
                     let req = Request::from_parts(parts, body);
-                    let result = attempt(ready, req, per_try).await;
+                    let result = attempt_on(&mut ready, req, per_try).await;
                     if classify_outcome(&*classify, shared.inspect, info, &result).is_retryable() {
                         stats.not_replayable.fetch_add(1, Ordering::Relaxed);
                     }
@@ -458,7 +476,7 @@ where
             }
             let mut backoff = Backoff::new(shared.config.backoff);
             let req = Request::from_parts(parts.clone(), replay.body());
-            let mut result = attempt(ready, req, per_try).await;
+            let mut result = attempt_on(&mut ready, req, per_try).await;
             let mut retries = 0;
             loop {
                 let class = classify_outcome(&*classify, shared.inspect, info, &result);
@@ -479,7 +497,7 @@ where
                     crate::deadline::propagate(&mut parts.headers, d);
                 }
                 let req = Request::from_parts(parts.clone(), replay.body());
-                result = attempt(spare.clone(), req, per_try).await;
+                result = attempt_on(&mut ready, req, per_try).await;
             }
         })
     }
