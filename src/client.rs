@@ -9,7 +9,7 @@
 //! ```text
 //! request ─▶ [route metrics] ─▶ deadline ─▶ retry (budget, classify) ─▶ hedge (optional) ─▶ shed (pending cap)
 //!         ─▶ balancer: P2C over peak-EWMA cost
-//!         ─▶ per endpoint: breaker ─▶ concurrency cap ─▶ [endpoint metrics, client span]
+//!         ─▶ per endpoint: [endpoint metrics, client span] ─▶ breaker ─▶ concurrency cap
 //!         ─▶ [mTLS] connect ─▶ hyper pool ─▶ network
 //! ```
 //!

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! app ─▶ [route metrics] ─▶ deadline ─▶ router ─▶ retry (budget, classify) ─▶ per-try timeout
-//!     ─▶ balancer (mesh-balance) ─▶ per endpoint: breaker ─▶ concurrency cap ─▶ [endpoint metrics]
+//!     ─▶ balancer (mesh-balance) ─▶ per endpoint: [endpoint metrics] ─▶ breaker ─▶ concurrency cap
 //! ```
 //!
 //! | module | what |
