@@ -132,9 +132,9 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let started = LoadTracker::start(&self.tracker);
-        // The clone that was ready is not this one: take the ready one, leave the clone.
+        // The response future drives its own clone's readiness (this service's `poll_ready`
+        // never polled the inner one).
         let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
         ReportFuture {
             state: State::Waiting {
                 inner,
