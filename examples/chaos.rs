@@ -293,10 +293,23 @@ impl Tally {
 /// every backend at the end, so that loops finishing their last requests find them, and returns
 /// the number of kills and the backends.
 pub async fn shake(
+    backends: Vec<Option<Backend>>,
+    addrs: Vec<SocketAddr>,
+    settings: Settings,
+    end: Instant,
+    on_round: impl FnMut(&[bool]) + Send,
+) -> (u64, Vec<Option<Backend>>) {
+    shake_keeping(backends, addrs, settings, end, |_, _| true, on_round).await
+}
+
+/// [`shake`], where a backend also stays up unless `may_kill(i, up)` allows killing backend `i`
+/// (`up`: which are up now), e.g. to keep one up that the clients' discovery lists.
+pub async fn shake_keeping(
     mut backends: Vec<Option<Backend>>,
     addrs: Vec<SocketAddr>,
     settings: Settings,
     end: Instant,
+    mut may_kill: impl FnMut(usize, &[bool]) -> bool + Send,
     mut on_round: impl FnMut(&[bool]) + Send,
 ) -> (u64, Vec<Option<Backend>>) {
     let mut kills = 0u64;
@@ -313,9 +326,10 @@ pub async fn shake(
             break;
         }
         let i = rand::rng().random_range(0..backends.len());
-        let up = backends.iter().filter(|b| b.is_some()).count();
+        let up: Vec<bool> = backends.iter().map(Option::is_some).collect();
+        let n_up = up.iter().filter(|u| **u).count();
         match &backends[i] {
-            Some(_) if up > 1 => {
+            Some(_) if n_up > 1 && may_kill(i, &up) => {
                 backends[i] = None;
                 kills += 1;
             }

@@ -1,5 +1,6 @@
 //! Soak through the proxy: three backends behind a real `mesh-proxy` process, found through a
-//! watched endpoint file, killed and restarted at random every 1–3 s (at least one always up),
+//! watched endpoint file, killed and restarted at random every 1–3 s (at least one that the
+//! endpoint files of the last 2 s list always up),
 //! the endpoint file rewritten on some rounds, the proxy's configuration reloaded every 10 s
 //! (alternately by SIGHUP and by a file change that replaces the clients), under 8 keep-alive
 //! GET loops that reach the backends through the proxy's outbound listener.
@@ -122,12 +123,15 @@ fn config(endpoints: &Path, generation: u64) -> String {
 }
 
 /// Writes the endpoint file (write, then rename: the watcher never reads half a file): every
-/// backend that is up, and each one that is down with probability 1/2; weights 1–3.
-fn write_endpoints(path: &Path, addrs: &[SocketAddr], up: &[bool], round: u64) {
+/// backend that is up, and each one that is down with probability 1/2; weights 1–3. Returns
+/// which backends it lists.
+fn write_endpoints(path: &Path, addrs: &[SocketAddr], up: &[bool], round: u64) -> Vec<bool> {
     let mut rng = rand::rng();
     let mut text = String::from("endpoints:\n");
-    for (addr, up) in addrs.iter().zip(up) {
+    let mut listed = vec![false; addrs.len()];
+    for (i, (addr, up)) in addrs.iter().zip(up).enumerate() {
         if *up || rng.random_bool(0.5) {
+            listed[i] = true;
             text.push_str(&format!(
                 "  - addr: \"{addr}\"\n    weight: {}\n    labels: {{ round: \"{round}\" }}\n",
                 rng.random_range(1..=3)
@@ -138,6 +142,7 @@ fn write_endpoints(path: &Path, addrs: &[SocketAddr], up: &[bool], round: u64) {
     if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
         eprintln!("cannot rewrite {}: {e}", path.display());
     }
+    listed
 }
 
 /// Resident memory of process `pid` in MB (from /proc), if it can be read.
@@ -194,7 +199,10 @@ pub async fn run(settings: Settings) -> Report {
     let dir = tempfile::tempdir().expect("tempdir");
     let endpoints: PathBuf = dir.path().join("endpoints.yaml");
     let (backends, addrs) = chaos::backends(3).await;
-    write_endpoints(&endpoints, &addrs, &[true; 3], 0);
+    let listed = write_endpoints(&endpoints, &addrs, &[true; 3], 0);
+    // What the endpoint files the proxy may still be using list: the newest, and those written
+    // within the last 2 s (its file source polls every second).
+    let listings = Arc::new(std::sync::Mutex::new(vec![(Instant::now(), listed)]));
     let mut generation = 0;
     let proxy = Proxy::start("soak", &config(&endpoints, generation)).await;
     let pid = proxy.pid().expect("the proxy runs");
@@ -202,18 +210,30 @@ pub async fn run(settings: Settings) -> Report {
     let start = Instant::now();
     let end = start + settings.chaos.duration;
     let rewrites = Arc::new(AtomicU64::new(0));
-    let killer = tokio::spawn(chaos::shake(
+    let killer = tokio::spawn(chaos::shake_keeping(
         backends,
         addrs.clone(),
         settings.chaos.clone(),
         end,
+        {
+            // "At least one always up" means one the proxy can find: a backend the endpoint
+            // file left out does not count, else the file could list only down backends.
+            let listings = listings.clone();
+            move |i: usize, up: &[bool]| {
+                let listings = listings.lock().unwrap_or_else(|e| e.into_inner());
+                (0..up.len()).any(|j| j != i && up[j] && listings.iter().all(|(_, l)| l[j]))
+            }
+        },
         {
             let (rewrites, endpoints, rate) =
                 (rewrites.clone(), endpoints.clone(), settings.rewrite_chance);
             move |up: &[bool]| {
                 if rand::rng().random_bool(rate) {
                     let round = rewrites.fetch_add(1, Ordering::Relaxed) + 1;
-                    write_endpoints(&endpoints, &addrs, up, round);
+                    let listed = write_endpoints(&endpoints, &addrs, up, round);
+                    let mut listings = listings.lock().unwrap_or_else(|e| e.into_inner());
+                    listings.retain(|(at, _)| at.elapsed() < Duration::from_secs(2));
+                    listings.push((Instant::now(), listed));
                 }
             }
         },

@@ -11,8 +11,6 @@ use soak::support;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: the proxy still fails ~0.2% of requests with 502 (connect refused) under this \
-            chaos, likely endpoints with fresh state after a reload or re-add; see RELIABILITY.md"]
 async fn soak_through_the_proxy_fails_no_request_and_keeps_memory_flat() {
     let report = soak::run(soak::Settings {
         chaos: soak::chaos::Settings {

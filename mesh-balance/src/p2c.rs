@@ -44,7 +44,9 @@
 //! estimate's is. Each report is a handful of relaxed atomic stores on its endpoint; no lock.
 //!
 //! **Retries go elsewhere.** [`Balance::call_avoiding`] takes the endpoints earlier attempts of
-//! the same request used ([`Avoid`]) and picks another whenever one is available.
+//! the same request used ([`Avoid`]) and picks another whenever one is available. When every
+//! available endpoint has been tried, an untried one the breaker has ejected comes before one
+//! that already failed the request (a restarted process may be back before its ejection ends).
 //!
 //! **Why not `tower::balance::p2c`.** tower's balancer owns its endpoints and needs `&mut self`, so a
 //! shared client puts it behind a `Buffer` task: every request crosses a channel, and the balancer only
@@ -759,7 +761,8 @@ enum Choice<'a, K, S, C> {
 /// correct draw in panic mode. Otherwise one O(n) pass counts available and weighted members, picks
 /// the pool (available; all weighted in panic mode; everything if all are drained) and draws two from
 /// it, preferring, in this order, members that are neither refusing connections (panic mode only)
-/// nor avoided, then not refusing, then not avoided, then the whole pool.
+/// nor avoided, then weighted members outside the pool (ejected) that are neither, then not
+/// refusing, then not avoided, then the whole pool.
 #[inline]
 fn pick<'a, K, S, C>(
     members: &'a [Arc<Member<K, S, C>>],
@@ -836,8 +839,13 @@ fn pick<'a, K, S, C>(
     // Panic mode spreads load over endpoints the breaker distrusts, but not over those refusing
     // connections right now: a process that is not listening cannot take any of it.
     let serving = |m: &Member<K, S, C>| !(panic && m.load.refused());
-    let tiers: [&Tier<'_, K, S, C>; 4] = [
+    // A retry that has tried every endpoint of the pool goes to one it has not tried, even one
+    // the breaker distrusts (it may be back: a restarted process), before going back to one that
+    // already failed this request (e.g. fresh endpoints that all refuse while the only live one
+    // is still ejected).
+    let tiers: [&Tier<'_, K, S, C>; 5] = [
         &|m| pool(m) && serving(m) && !avoided(m),
+        &|m| m.weight > 0 && serving(m) && !avoided(m),
         &|m| pool(m) && serving(m),
         &|m| pool(m) && !avoided(m),
         &|m| pool(m),

@@ -917,3 +917,36 @@ async fn reports_steer_requests_by_expected_completion_time() {
         assert_eq!(s.malformed_reports, 0);
     }
 }
+
+/// Two endpoints the breaker trusts (fresh, as an endpoint file that re-adds them makes them) both
+/// fail; the third is back but still ejected. Out of panic mode (2 of 3 available), a retry that
+/// has tried both available ones goes to the ejected one it has not tried, not back to a failed one.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_tried_every_available_endpoint_tries_an_ejected_one_before_a_failed_one() {
+    let (lb, tx) = balancer(config());
+    let failing: Vec<Backend> = (0..2).map(|_| Backend::failing(1)).collect();
+    let back = Backend::new(1);
+    let healths: Vec<Health> = (0..3).map(|_| Health::new()).collect();
+    for (i, b) in failing.iter().chain([&back]).enumerate() {
+        insert(&tx, i, Endpoint::new(b.clone()).health(healths[i].clone()));
+    }
+    settle(&lb, 3).await;
+    healths[2].eject();
+    for round in 0..50 {
+        let tried = Tried::default();
+        let mut lb = lb.clone();
+        for _ in 0..3 {
+            lb.call_avoiding(round, &tried).await.unwrap();
+        }
+        let keys = tried.0.lock().unwrap().clone();
+        assert_eq!(
+            keys.last(),
+            Some(&2),
+            "round {round}: the third attempt went back to a failed endpoint: {keys:?}"
+        );
+    }
+    // A first attempt still never goes to the ejected endpoint.
+    let calls = back.calls();
+    load(&lb, 2, 50).await;
+    assert_eq!(back.calls(), calls);
+}

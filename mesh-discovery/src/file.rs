@@ -189,7 +189,10 @@ impl Default for FileConfig {
 // === impl Discovery (file) ===
 
 impl Discovery {
-    /// Starts watching an endpoint file. The task reads the file at once and then every
+    /// Starts watching an endpoint file. The file is read once before this returns, so the
+    /// handle's [`current`](Discovery::current) set (or [`last_error`](Discovery::last_error))
+    /// already holds what the file says: a client built on it (e.g. by a configuration reload)
+    /// never sees an empty set that the file does not list. A task then reads the file every
     /// `poll_interval`; it stops when every handle is dropped. Must be called inside a Tokio
     /// runtime.
     pub fn file(config: FileConfig) -> Result<Self, DiscoveryError> {
@@ -197,7 +200,15 @@ impl Discovery {
         let format = config.resolved_format()?;
         let name = format!("file:{}", config.path.display());
         let (publisher, discovery) = Discovery::channel(name.as_str());
-        Discovery::spawn(&name, watch_file(config, format, publisher))?;
+        // One small read at construction, off the request path.
+        let seen = apply_read(
+            std::fs::read(&config.path),
+            Seen::Nothing,
+            &config,
+            format,
+            &publisher,
+        );
+        Discovery::spawn(&name, watch_file(config, format, publisher, seen))?;
         Ok(discovery)
     }
 }
@@ -211,36 +222,47 @@ enum Seen {
     Failed(std::io::ErrorKind),
 }
 
-async fn watch_file(config: FileConfig, format: FileFormat, publisher: Publisher) {
-    let mut seen = Seen::Nothing;
+async fn watch_file(config: FileConfig, format: FileFormat, publisher: Publisher, mut seen: Seen) {
     loop {
-        match tokio::fs::read(&config.path).await {
-            Ok(bytes) => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                bytes.hash(&mut hasher);
-                let now = Seen::Content(hasher.finish());
-                if now != seen {
-                    seen = now;
-                    match load(&bytes, format, &config.path) {
-                        Ok(set) => publisher.publish(set),
-                        Err(error) => publisher.report(error),
-                    }
-                }
-            }
-            Err(error) => {
-                let now = Seen::Failed(error.kind());
-                if now != seen {
-                    seen = now;
-                    publisher.report(DiscoveryError::Io {
-                        path: config.path.clone(),
-                        source: Arc::new(error),
-                    });
-                }
-            }
-        }
         tokio::select! {
             () = publisher.closed() => return,
             () = tokio::time::sleep(config.poll_interval) => {}
+        }
+        let read = tokio::fs::read(&config.path).await;
+        seen = apply_read(read, seen, &config, format, &publisher);
+    }
+}
+
+/// Publishes what one read of the file gave, unless it is what the last read saw.
+fn apply_read(
+    read: std::io::Result<Vec<u8>>,
+    seen: Seen,
+    config: &FileConfig,
+    format: FileFormat,
+    publisher: &Publisher,
+) -> Seen {
+    match read {
+        Ok(bytes) => {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            let now = Seen::Content(hasher.finish());
+            if now != seen {
+                match load(&bytes, format, &config.path) {
+                    Ok(set) => publisher.publish(set),
+                    Err(error) => publisher.report(error),
+                }
+            }
+            now
+        }
+        Err(error) => {
+            let now = Seen::Failed(error.kind());
+            if now != seen {
+                publisher.report(DiscoveryError::Io {
+                    path: config.path.clone(),
+                    source: Arc::new(error),
+                });
+            }
+            now
         }
     }
 }

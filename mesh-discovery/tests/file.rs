@@ -176,3 +176,30 @@ async fn a_yaml_file_of_only_comments_keeps_the_set() {
     .await;
     assert!(discovery.last_error().is_none());
 }
+
+/// A new handle already holds the file's set when `Discovery::file` returns: a client built on it
+/// (as a configuration reload builds one while requests arrive) never sees an empty set the file
+/// does not list. Checked without yielding to the runtime, so the watcher task has not run.
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_handle_holds_the_files_set_before_the_watcher_runs() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, "- addr: 127.0.0.1:8080\n- addr: 127.0.0.1:8081\n").unwrap();
+    let discovery = watch(&path);
+    assert_eq!(ports(&discovery), [8080, 8081]);
+    assert!(discovery.state().is_healthy());
+    assert_eq!(discovery.stats().updates, 1);
+
+    // The watcher does not publish the unchanged file a second time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(discovery.stats().updates, 1);
+
+    // A file missing from the start is an error at once too, with no set.
+    let missing = watch(&dir.path().join("missing.yaml"));
+    assert!(missing.current().is_empty());
+    assert!(matches!(
+        missing.last_error(),
+        Some(DiscoveryError::Io { .. })
+    ));
+}
