@@ -90,6 +90,21 @@ struct Shared {
     idle_timeout: Option<Duration>,
     /// Whether a task is closing expired idle connections.
     reaping: AtomicBool,
+    /// That task, aborted when the pool goes: it sleeps up to `idle_timeout` between checks, and
+    /// an endpoint that left discovery must not keep a task alive that long.
+    reaper: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let reaper = self
+            .reaper
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(reaper) = reaper.take() {
+            reaper.abort();
+        }
+    }
 }
 
 struct Idle {
@@ -118,6 +133,7 @@ impl Http1Pool {
                 idle: Mutex::new(Vec::new()),
                 idle_timeout,
                 reaping: AtomicBool::new(false),
+                reaper: Mutex::new(None),
             }),
         }
     }
@@ -250,7 +266,7 @@ impl Shared {
             return;
         };
         let pool = Arc::downgrade(self);
-        runtime.spawn(async move {
+        let reaper = runtime.spawn(async move {
             let mut next = Instant::now() + timeout;
             loop {
                 tokio::time::sleep_until(next).await;
@@ -272,6 +288,7 @@ impl Shared {
                 drop(expired);
             }
         });
+        *self.reaper.lock().unwrap_or_else(PoisonError::into_inner) = Some(reaper.abort_handle());
     }
 
     async fn connect(&self) -> Result<Conn, BoxError> {
