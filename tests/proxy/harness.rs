@@ -397,3 +397,49 @@ pub async fn echo_upgrade_backend() -> SocketAddr {
     });
     addr
 }
+
+/// Clients that keep calling one URI through a proxy while a test changes things under them
+/// (bounded: 4 workers, at most 15 s each).
+pub struct Callers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Result<u16, String>>>>,
+}
+
+impl Callers {
+    /// Starts 4 workers calling `uri` through `addr` back to back.
+    pub fn start(addr: SocketAddr, uri: &'static str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut statuses = Vec::new();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                    while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                        statuses.push(try_get(addr, uri).await);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Callers { stop, workers }
+    }
+
+    /// Stops the workers; asserts that they kept calling and that every request answered 200.
+    pub async fn stop_and_expect_all_ok(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for w in self.workers {
+            all.extend(w.await.expect("worker"));
+        }
+        let failed: Vec<_> = all.iter().filter(|s| **s != Ok(200)).collect();
+        assert!(all.len() > 20, "the client kept calling: {}", all.len());
+        assert!(
+            failed.is_empty(),
+            "{} of {} failed: {:?}",
+            failed.len(),
+            all.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+}

@@ -221,19 +221,7 @@ async fn reload_and_a_restart_of_one_proxy_drop_no_request() {
     let a = Proxy::start("a", &a_config("/svc => /srv;")).await;
 
     // A client that keeps calling (bounded: 4 workers, at most 15 s).
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, addr) = (stop.clone(), a.outbound);
-        workers.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
-                statuses.push(harness::try_get(addr, "http://world/").await);
-            }
-            statuses
-        }));
-    }
+    let callers = harness::Callers::start(a.outbound, "http://world/");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A valid edit (a new dtab), then an invalid one that must be reported and ignored.
     a.write_config(&a_config("/svc => /srv; /x => /srv/world;"));
@@ -258,20 +246,7 @@ async fn reload_and_a_restart_of_one_proxy_drop_no_request() {
     // Restart one of A's peers.
     let b1 = b1.restart().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("worker"));
-    }
-    let failed: Vec<_> = all.iter().filter(|s| **s != Ok(200)).collect();
-    assert!(all.len() > 20, "the client kept calling: {}", all.len());
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {:?}",
-        failed.len(),
-        all.len(),
-        &failed[..failed.len().min(5)]
-    );
+    callers.stop_and_expect_all_ok().await;
     drop(b1);
 }
 
@@ -291,19 +266,7 @@ async fn a_reload_that_changes_the_services_takes_effect_with_no_failed_request(
     let a = Proxy::start("a", &services(&format!("\"{}\"", one.addr), &extra(""))).await;
 
     // A client that keeps calling `world` (bounded: 4 workers, at most 15 s).
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, addr) = (stop.clone(), a.outbound);
-        workers.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
-                statuses.push(harness::try_get(addr, "http://world/").await);
-            }
-            statuses
-        }));
-    }
+    let callers = harness::Callers::start(a.outbound, "http://world/");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Edit the services while requests are in flight: `world` gets a second endpoint and `extra`
     // (no endpoints so far) gets one. The new clients replace the running ones under their names.
@@ -326,20 +289,7 @@ async fn a_reload_that_changes_the_services_takes_effect_with_no_failed_request(
         "the edited service is reachable"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("worker"));
-    }
-    let failed: Vec<_> = all.iter().filter(|s| **s != Ok(200)).collect();
-    assert!(all.len() > 20, "the client kept calling: {}", all.len());
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {:?}",
-        failed.len(),
-        all.len(),
-        &failed[..failed.len().min(5)]
-    );
+    callers.stop_and_expect_all_ok().await;
     let config = a.admin_get("/config").await;
     assert!(config.contains("\"valid\":true"), "{config}");
 }
