@@ -286,6 +286,7 @@ impl RoutedClientBuilder {
             name_prefix: self.name_prefix,
             succession: Succession::new(),
             builds: AtomicU64::new(0),
+            build_lock: std::sync::Mutex::new(()),
         };
         Ok(RoutedClient {
             router: Router::new(routing, new_leaf),
@@ -628,6 +629,9 @@ struct NewLeafClient {
     name_prefix: String,
     succession: Succession,
     builds: AtomicU64,
+    /// Held from taking a build's number to claiming its name: two racing builds then claim in
+    /// the order of their numbers, so neither finds a later rebuild's claim in its way.
+    build_lock: std::sync::Mutex<()>,
 }
 
 impl NewLeafService for NewLeafClient {
@@ -636,6 +640,11 @@ impl NewLeafService for NewLeafClient {
     fn new_leaf(&self, leaf: &BoundName) -> LeafClient {
         let _guard = self.namer.runtime.enter();
         let built = self.namer.discovery(leaf).and_then(|(d, lease)| {
+            // A panic while building leaves nothing behind this lock to repair.
+            let _in_order = self
+                .build_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = self.builds.fetch_add(1, Ordering::Relaxed);
             let client = (self.template)(d)
                 .name_if_unset(|| format!("{}{}", self.name_prefix, leaf.id))
@@ -677,7 +686,7 @@ enum LeafClient {
 impl Service<http::Request<Body>> for LeafClient {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+    type Future = LeafFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
@@ -688,14 +697,33 @@ impl Service<http::Request<Body>> for LeafClient {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match self {
-            LeafClient::Ready { client, .. } => {
-                let fut = client.call(req);
-                Box::pin(async move { fut.await.map_err(Into::into) })
-            }
-            LeafClient::Failed(reason) => {
-                let rsp = error_response(http::StatusCode::INTERNAL_SERVER_ERROR, reason.clone());
-                Box::pin(std::future::ready(Ok(rsp)))
-            }
+            // The client's future is boxed already: no second box to map its error.
+            LeafClient::Ready { client, .. } => LeafFuture::Ready(client.call(req)),
+            LeafClient::Failed(reason) => LeafFuture::Failed(Some(error_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                reason.clone(),
+            ))),
+        }
+    }
+}
+
+/// The response future of a bound name's client (or its build error's answer).
+enum LeafFuture {
+    Ready(crate::client::ResponseFuture),
+    Failed(Option<http::Response<Body>>),
+}
+
+impl Future for LeafFuture {
+    type Output = Result<http::Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Unpin: the client's future is boxed inside, the failure is a plain value.
+        match self.get_mut() {
+            LeafFuture::Ready(fut) => Pin::new(fut).poll(cx).map_err(Into::into),
+            LeafFuture::Failed(rsp) => match rsp.take() {
+                Some(rsp) => Poll::Ready(Ok(rsp)),
+                None => Poll::Ready(Err("leaf future polled after completion".into())),
+            },
         }
     }
 }

@@ -88,6 +88,10 @@ async fn splice(client: OnUpgrade, server: OnUpgrade) {
     }
 }
 
+/// Hop-by-hop headers without a constant in `http` (a `&str` key is parsed on every lookup).
+static PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+
 /// Removes the headers that concern one connection only; returns whether the request asks for
 /// an upgrade (whose `Connection` and `Upgrade` headers then stay, as the upgrade needs them).
 fn strip_hop_by_hop(req: &mut Request<ProxyBody>) -> bool {
@@ -96,9 +100,9 @@ fn strip_hop_by_hop(req: &mut Request<ProxyBody>) -> bool {
         && h.get_all(header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade"));
-    h.remove("proxy-connection");
+    h.remove(&PROXY_CONNECTION);
     h.remove(header::PROXY_AUTHORIZATION);
-    h.remove("keep-alive");
+    h.remove(&KEEP_ALIVE);
     h.remove(header::TRANSFER_ENCODING);
     if !upgrade {
         h.remove(header::CONNECTION);

@@ -69,14 +69,41 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 /// whenever another endpoint is available (Envoy's *previous hosts* predicate). The balancer reads
 /// and writes it through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
 ///
-/// One small lock per request, touched once per attempt; never shared between requests.
+/// One small lock per request, touched once per attempt; never shared between requests. The
+/// first [`Tried::INLINE`] endpoints are kept without a further allocation.
 #[derive(Clone, Debug, Default)]
-pub struct AvoidEndpoint(Arc<Mutex<Vec<SocketAddr>>>);
+pub struct AvoidEndpoint(Arc<Mutex<Tried>>);
+
+/// The endpoints of a request's attempts: inline room for the common few, then a vector.
+#[derive(Debug, Default)]
+struct Tried {
+    inline: [Option<SocketAddr>; Tried::INLINE],
+    more: Vec<SocketAddr>,
+}
+
+impl Tried {
+    /// Attempts whose endpoints fit without allocating (a request and two retries or hedges).
+    const INLINE: usize = 3;
+
+    fn iter(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.inline
+            .iter()
+            .map_while(Option::as_ref)
+            .chain(&self.more)
+    }
+
+    fn push(&mut self, endpoint: SocketAddr) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(endpoint),
+            None => self.more.push(endpoint),
+        }
+    }
+}
 
 // === impl AvoidEndpoint ===
 
 impl AvoidEndpoint {
-    fn endpoints_mut(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+    fn tried(&self) -> std::sync::MutexGuard<'_, Tried> {
         // A panic while holding this lock cannot leave the list inconsistent.
         self.0
             .lock()
@@ -85,27 +112,27 @@ impl AvoidEndpoint {
 
     /// Records the endpoint chosen for an attempt; returns whether it was new.
     pub fn record(&self, endpoint: SocketAddr) -> bool {
-        let mut list = self.endpoints_mut();
-        if list.contains(&endpoint) {
+        let mut tried = self.tried();
+        if tried.iter().any(|e| *e == endpoint) {
             return false;
         }
-        list.push(endpoint);
+        tried.push(endpoint);
         true
     }
 
     /// The endpoint the first attempt went to, once one has been recorded.
     pub fn avoided(&self) -> Option<SocketAddr> {
-        self.endpoints_mut().first().copied()
+        self.tried().inline[0]
     }
 
     /// Whether an attempt went to `endpoint`.
     pub fn contains(&self, endpoint: SocketAddr) -> bool {
-        self.endpoints_mut().contains(&endpoint)
+        self.tried().iter().any(|e| *e == endpoint)
     }
 
     /// Every endpoint attempts went to, in order.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.endpoints_mut().clone()
+        self.tried().iter().copied().collect()
     }
 }
 
@@ -311,9 +338,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let spare = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, spare.clone());
         let shared = self.shared.clone();
+        let extensions = req.extensions();
+        let delay = match extensions.get::<HedgeDelay>() {
+            _ if extensions.get::<NoHedge>().is_some() => None,
+            Some(d) => Some(*d),
+            None => shared.config.enabled.then_some(shared.config.delay),
+        }
+        .filter(|_| RequestInfo::new(req.method(), req.headers()).idempotent);
+        // The ready service serves the first attempt; a hedge needs a second one, cloned only
+        // for a request that may be hedged.
+        let spare = delay.map(|_| self.inner.clone());
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             // A route's own budget replaces the shared one.
@@ -333,17 +370,9 @@ where
                     },
                 )
             };
-            let delay = match parts.extensions.get::<HedgeDelay>() {
-                _ if parts.extensions.get::<NoHedge>().is_some() => None,
-                Some(d) => Some(*d),
-                None => shared.config.enabled.then_some(shared.config.delay),
-            };
-            let Some(delay) = delay else {
+            let (Some(delay), Some(spare)) = (delay, spare) else {
                 return attempt(ready, once(parts, body), None).await;
             };
-            if !RequestInfo::new(&parts.method, &parts.headers).idempotent {
-                return attempt(ready, once(parts, body), None).await;
-            }
             let content_length = parts
                 .headers
                 .get(CONTENT_LENGTH)
@@ -409,6 +438,27 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
     use tokio::time::Instant;
     use tower::{Layer, ServiceExt};
+
+    #[test]
+    fn avoid_endpoint_keeps_every_attempt_in_order_past_its_inline_room() {
+        let avoid = AvoidEndpoint::default();
+        assert_eq!(avoid.avoided(), None);
+        let addrs: Vec<SocketAddr> = (1..=5)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 8000 + i)))
+            .collect();
+        for addr in &addrs {
+            assert!(avoid.record(*addr), "{addr} is new");
+            assert!(!avoid.record(*addr), "{addr} is known");
+        }
+        assert_eq!(avoid.endpoints(), addrs);
+        assert_eq!(avoid.avoided(), Some(addrs[0]));
+        assert!(addrs.iter().all(|a| avoid.contains(*a)));
+        assert!(!avoid.contains(SocketAddr::from(([127, 0, 0, 1], 9000))));
+        // Clones are one list (the attempts of one request).
+        let clone = avoid.clone();
+        clone.record(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(avoid.endpoints().len(), 6);
+    }
 
     /// Sets a flag when dropped: detects cancelled attempts.
     struct DropFlag(Arc<AtomicBool>);

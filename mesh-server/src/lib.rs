@@ -520,7 +520,8 @@ impl Conn {
 
         let activity = Arc::new(Activity::default());
         let service = ConnService {
-            inner: service,
+            ready: std::cell::RefCell::new(service.clone()),
+            spare: service,
             peer,
             activity: activity.clone(),
         };
@@ -593,8 +594,17 @@ impl Drop for InFlight {
 
 /// The per-connection hyper service: inserts the handshake's peer, tracks activity, calls the
 /// tower service.
+///
+/// hyper calls through `&self`, a tower service through `&mut self` after `poll_ready`. The usual
+/// bridge (hyper-util's `TowerToHyperService`) clones the service for every request, which for
+/// a stack of boxed services is an allocation per boxed layer. Here the connection keeps one
+/// service and asks it for readiness without waiting: an always-ready stack (the common case) is
+/// called in place; one that is not ready is replaced by a fresh clone (dropping whatever wait
+/// it began, so it holds no permit or queue place while the connection idles) and the request
+/// waits for readiness on a clone of its own, as with `oneshot`.
 struct ConnService<S, P> {
-    inner: S,
+    ready: std::cell::RefCell<S>,
+    spare: S,
     peer: Option<P>,
     activity: Arc<Activity>,
 }
@@ -606,38 +616,63 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = TrackedFuture<tower::util::Oneshot<S, Request<Incoming>>>;
+    type Future = TrackedFuture<S::Future, tower::util::Oneshot<S, Request<Incoming>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         if let Some(peer) = &self.peer {
             req.extensions_mut().insert(peer.clone());
         }
-        TrackedFuture {
-            inner: self.inner.clone().oneshot(req),
-            guard: Some(InFlight::new(&self.activity)),
+        let guard = Some(InFlight::new(&self.activity));
+        // `call` never re-enters itself, so the borrow is always free; if it were not, the
+        // request would take the waiting path.
+        if let Ok(mut service) = self.ready.try_borrow_mut() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) {
+                return TrackedFuture::Called {
+                    inner: service.call(req),
+                    guard,
+                };
+            }
+            *service = self.spare.clone();
+        }
+        TrackedFuture::Waiting {
+            inner: self.spare.clone().oneshot(req),
+            guard,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response future that keeps its request counted in flight.
-    struct TrackedFuture<F> {
-        #[pin]
-        inner: F,
-        guard: Option<InFlight>,
+    /// A request's response future, counted in flight until its response body is dropped:
+    /// called at once (`Called`), or waiting for the service to be ready first (`Waiting`).
+    #[project = TrackedProj]
+    enum TrackedFuture<F, W> {
+        Called {
+            #[pin]
+            inner: F,
+            guard: Option<InFlight>,
+        },
+        Waiting {
+            #[pin]
+            inner: W,
+            guard: Option<InFlight>,
+        },
     }
 }
 
-impl<F, B, E> Future for TrackedFuture<F>
+impl<F, W, B, E> Future for TrackedFuture<F, W>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    W: Future<Output = Result<Response<B>, E>>,
 {
     type Output = Result<Response<TrackedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let rsp = std::task::ready!(this.inner.poll(cx))?;
-        let guard = this.guard.take();
+        let (rsp, guard) = match self.project() {
+            TrackedProj::Called { inner, guard } => (std::task::ready!(inner.poll(cx))?, guard),
+            TrackedProj::Waiting { inner, guard } => (std::task::ready!(inner.poll(cx))?, guard),
+        };
+        let guard = guard.take();
         Poll::Ready(Ok(rsp.map(|inner| TrackedBody {
             inner,
             _guard: guard,

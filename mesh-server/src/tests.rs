@@ -158,6 +158,35 @@ async fn request_head_under_the_cap_is_served() {
     assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
 }
 
+/// A request that finds the service not ready (a concurrency limit held by another
+/// connection's request) waits for it and is served. The connection's kept service must hold no
+/// place in the limit's queue: the permit the first request frees would go to that place, and
+/// the waiting request would never be served.
+#[tokio::test]
+async fn a_request_that_finds_the_service_not_ready_waits_and_is_served() {
+    let limited = tower::limit::ConcurrencyLimit::new(sleepy(Duration::from_millis(300)), 1);
+    let running = start(ServerConfig::default(), App::new(limited)).await;
+    let request = b"GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n";
+    let mut first = TcpStream::connect(running.addr).await.expect("connect");
+    first.write_all(request).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut second = TcpStream::connect(running.addr).await.expect("connect");
+    second.write_all(request).await.expect("write");
+    let both = async {
+        let (a, _) = read_until_closed(&mut first).await;
+        let (b, _) = read_until_closed(&mut second).await;
+        (a, b)
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("both requests are served once the limit frees");
+    for seen in [a, b] {
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        assert!(seen.ends_with("slept"), "{seen}");
+    }
+}
+
 #[tokio::test]
 async fn drain_lets_the_request_in_flight_finish() {
     let mut running = start(ServerConfig::default(), sleepy(Duration::from_millis(500))).await;
