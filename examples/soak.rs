@@ -61,7 +61,8 @@ pub struct Settings {
     pub chaos: chaos::Settings,
     /// Time between two configuration reloads.
     pub reload_every: Duration,
-    /// The chance that a kill/restart round rewrites the endpoint file.
+    /// The chance that a kill/restart round rewrites the endpoint file (the first round always
+    /// does).
     pub rewrite_chance: f64,
     /// Print the RSS every this often (`None`: quiet).
     pub print_rss_every: Option<Duration>,
@@ -227,8 +228,10 @@ pub async fn run(settings: Settings) -> Report {
         {
             let (rewrites, endpoints, rate) =
                 (rewrites.clone(), endpoints.clone(), settings.rewrite_chance);
+            let mut first = true;
             move |up: &[bool]| {
-                if rand::rng().random_bool(rate) {
+                // The first round always rewrites, so every soak, however short, rewrites once.
+                if std::mem::take(&mut first) || rand::rng().random_bool(rate) {
                     let round = rewrites.fetch_add(1, Ordering::Relaxed) + 1;
                     let listed = write_endpoints(&endpoints, &addrs, up, round);
                     let mut listings = listings.lock().unwrap_or_else(|e| e.into_inner());
