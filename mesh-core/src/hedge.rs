@@ -70,7 +70,7 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 /// and writes it through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
 ///
 /// One small lock per request, touched once per attempt; never shared between requests. The
-/// first [`Tried::INLINE`] endpoints are kept without a further allocation.
+/// first three endpoints are kept without a further allocation.
 #[derive(Clone, Debug, Default)]
 pub struct AvoidEndpoint(Arc<Mutex<Tried>>);
 
