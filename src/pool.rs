@@ -11,7 +11,7 @@
 //! that waits for that moment and puts the connection back. On loopback, where the network
 //! costs little, that hand-off is a large share of a proxy's CPU per request.
 //!
-//! Here an endpoint owns one [`Http1Pool`] (so there is no key to hash: the pool *is* the
+//! Here an endpoint owns one `Http1Pool` (so there is no key to hash: the pool *is* the
 //! endpoint's), and a request takes an idle connection off the top of a stack (the most recently
 //! used one, whose buffers are warm), or dials a new one. Each connection's I/O still runs on a
 //! task of its own (spawned once per connection, not per request). The response body holds the

@@ -15,7 +15,7 @@
 //! ## Off the request path
 //!
 //! As in Linkerd 2, the per-endpoint [`Breaker`] service only classifies responses (with the shared
-//! [`Classify`], observing gRPC trailers through [`ClassifyBody`]) and `try_send`s the class on a
+//! [`Classify`](crate::classify::Classify), observing gRPC trailers through [`ClassifyBody`]) and `try_send`s the class on a
 //! bounded channel; a task per endpoint reads the channel, keeps the counts and flips the
 //! [`Health`]. A full channel drops the outcome and counts it ([`BreakerStats::dropped`]) rather
 //! than slow a request. The balancer reads `Health` with one atomic load per candidate.
@@ -28,7 +28,7 @@
 //!
 //! - A request dropped before its response once its deadline ([`crate::deadline::Deadline`]) or
 //!   its attempt's per-try timeout ([`crate::retry::AttemptDeadline`]) has passed is a timeout:
-//!   classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), a failure. Dropped
+//!   classified as [`ErrorKind::Timeout`], a failure. Dropped
 //!   earlier (the caller left, a hedge won), it gives no verdict.
 //! - A response body dropped before its end reports its end of stream then ([`ClassifyBody`]).
 //! - A response the mesh made itself (e.g. the endpoint's concurrency cap) gives no verdict.
