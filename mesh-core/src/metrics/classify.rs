@@ -5,11 +5,9 @@
 //! facade can swap for the resilience crate's classifier without any generic parameter leaking into
 //! the metrics types.
 
-use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
-/// `grpc-status`, named once (a `&str` key is parsed on every lookup).
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+use crate::error::GRPC_STATUS;
 
 /// Whether a response counts as a success or a failure in the golden metrics (the
 /// `classification` label).
@@ -46,7 +44,7 @@ pub fn classify_default(status: StatusCode, headers: &HeaderMap) -> Classificati
     if status.is_server_error() {
         return Classification::Failure;
     }
-    match headers.get(&GRPC_STATUS) {
+    match headers.get(GRPC_STATUS) {
         Some(code) if code.as_bytes() != b"0" => Classification::Failure,
         _ => Classification::Success,
     }
