@@ -53,6 +53,7 @@ use futures_util::future::{self, BoxFuture, Either};
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use http_body::Body;
+use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,40 +71,15 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 /// and writes it through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
 ///
 /// One small lock per request, touched once per attempt; never shared between requests. The
-/// first three endpoints are kept without a further allocation.
+/// first three endpoints (a request and two retries or hedges) are kept without a further
+/// allocation.
 #[derive(Clone, Debug, Default)]
-pub struct AvoidEndpoint(Arc<Mutex<Tried>>);
-
-/// The endpoints of a request's attempts: inline room for the common few, then a vector.
-#[derive(Debug, Default)]
-struct Tried {
-    inline: [Option<SocketAddr>; Tried::INLINE],
-    more: Vec<SocketAddr>,
-}
-
-impl Tried {
-    /// Attempts whose endpoints fit without allocating (a request and two retries or hedges).
-    const INLINE: usize = 3;
-
-    fn iter(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.inline
-            .iter()
-            .map_while(Option::as_ref)
-            .chain(&self.more)
-    }
-
-    fn push(&mut self, endpoint: SocketAddr) {
-        match self.inline.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => *slot = Some(endpoint),
-            None => self.more.push(endpoint),
-        }
-    }
-}
+pub struct AvoidEndpoint(Arc<Mutex<SmallVec<[SocketAddr; 3]>>>);
 
 // === impl AvoidEndpoint ===
 
 impl AvoidEndpoint {
-    fn tried(&self) -> std::sync::MutexGuard<'_, Tried> {
+    fn endpoints_mut(&self) -> std::sync::MutexGuard<'_, SmallVec<[SocketAddr; 3]>> {
         // A panic while holding this lock cannot leave the list inconsistent.
         self.0
             .lock()
@@ -112,27 +88,27 @@ impl AvoidEndpoint {
 
     /// Records the endpoint chosen for an attempt; returns whether it was new.
     pub fn record(&self, endpoint: SocketAddr) -> bool {
-        let mut tried = self.tried();
-        if tried.iter().any(|e| *e == endpoint) {
+        let mut list = self.endpoints_mut();
+        if list.contains(&endpoint) {
             return false;
         }
-        tried.push(endpoint);
+        list.push(endpoint);
         true
     }
 
     /// The endpoint the first attempt went to, once one has been recorded.
     pub fn avoided(&self) -> Option<SocketAddr> {
-        self.tried().inline[0]
+        self.endpoints_mut().first().copied()
     }
 
     /// Whether an attempt went to `endpoint`.
     pub fn contains(&self, endpoint: SocketAddr) -> bool {
-        self.tried().iter().any(|e| *e == endpoint)
+        self.endpoints_mut().contains(&endpoint)
     }
 
     /// Every endpoint attempts went to, in order.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.tried().iter().copied().collect()
+        self.endpoints_mut().to_vec()
     }
 }
 
