@@ -25,35 +25,10 @@ RUN="$(mktemp -d /tmp/mesh-proxy-ab.XXXXXX)"
 STARTED=()
 trap 'for p in "${STARTED[@]}"; do kill "$p" 2> /dev/null || true; done' EXIT INT TERM
 
-cat > "$RUN/backend.conf" <<EOF
-worker_processes 1; daemon off; master_process off; pid $RUN/backend.pid;
-error_log $RUN/backend-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off; keepalive_requests 1000000;
-    client_body_temp_path $RUN/b1; proxy_temp_path $RUN/b2; fastcgi_temp_path $RUN/b3;
-    uwsgi_temp_path $RUN/b4; scgi_temp_path $RUN/b5;
-    server { listen 127.0.0.1:28080 backlog=4096;
-             location / { default_type text/plain; return 200 'hello'; } }
-}
-EOF
-cat > "$RUN/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8192
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend fe
-    bind 127.0.0.1:28081
-    default_backend be
-backend be
-    server b1 127.0.0.1:28080 maxconn 4096
-EOF
+# shellcheck source=benches/proxy/conf.sh
+. "$(cd "$(dirname "$0")" && pwd)/conf.sh"
+nginx_conf backend 28080 "" "default_type text/plain; return 200 'hello';"
+haproxy_conf 28081 28080
 
 taskset -c "$SERVER_CPU" nginx -c "$RUN/backend.conf" & STARTED+=("$!")
 taskset -c "$SERVER_CPU" haproxy -db -f "$RUN/haproxy.cfg" > "$RUN/haproxy.log" 2>&1 &
@@ -65,8 +40,7 @@ for bin in "$@"; do
         taskset -c "$SERVER_CPU" "$bin" "127.0.0.1:$port" http://127.0.0.1:28080 \
             > "$RUN/$port.log" 2>&1 &
     else
-        printf '[outbound]\nlisten = "127.0.0.1:%s"\ndtab = "/svc => /srv;"\n[admin]\nlisten = "127.0.0.1:%s"\n[[service]]\nname = "/srv/backend"\nendpoints = ["127.0.0.1:28080"]\n[[route]]\nname = "all"\nbackend = "/svc/backend"\n' \
-            "$port" "$((port + 100))" > "$RUN/$port.toml"
+        mesh_conf "$port" "$port" "" "$((port + 100))" 28080 "" ""
         MESH_PROXY_LOG=warn taskset -c "$SERVER_CPU" "$bin" run "$RUN/$port.toml" \
             > "$RUN/$port.log" 2>&1 &
     fi

@@ -76,40 +76,12 @@ wait_ready() { # port
     log "port $1 did not answer 'hello'"; return 1
 }
 
-nginx_conf() { # name listen body
-    cat > "$RUN/$1.conf" <<EOF
-worker_processes 1; daemon off; master_process off; pid $RUN/$1.pid;
-error_log $RUN/$1-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off; keepalive_requests 1000000; keepalive_timeout 65s;
-    client_body_temp_path $RUN/$1-body; proxy_temp_path $RUN/$1-proxy;
-    fastcgi_temp_path $RUN/$1-fcgi; uwsgi_temp_path $RUN/$1-uwsgi; scgi_temp_path $RUN/$1-scgi;
-    $3
-    server { listen 127.0.0.1:$2 backlog=4096; location / { $4 } }
-}
-EOF
-}
+# shellcheck source=benches/proxy/conf.sh
+. "$ROOT/benches/proxy/conf.sh"
 nginx_conf backend 18080 "" "default_type text/plain; return 200 'hello';"
 nginx_conf nginx 18082 "upstream b { server 127.0.0.1:18080; keepalive 128; keepalive_requests 1000000; }" \
     "proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\";"
-cat > "$RUN/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8192
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend fe
-    bind 127.0.0.1:18081
-    default_backend be
-backend be
-    server b1 127.0.0.1:18080 maxconn 4096
-EOF
+haproxy_conf 18081 18080
 
 # mesh-proxy: every mesh feature at its default (metrics, balancer, budgeted retries, deadlines,
 # breaker); one route sends everything to the backend service.
@@ -117,20 +89,6 @@ EOF
 for w in client server; do
     "$PROXY" ca issue --identity "spiffe://bench.test/ns/bench/sa/$w" "$RUN/certs" > /dev/null
 done
-mesh_conf() { # name outbound inbound admin target-service-endpoint identity tls(client|server|"")
-    {
-        echo "[outbound]"; echo "listen = \"127.0.0.1:$2\""; echo "dtab = \"/svc => /srv;\""
-        [ -n "$3" ] && { echo "[inbound]"; echo "listen = \"127.0.0.1:$3\""; echo "app = \"127.0.0.1:18080\""; }
-        echo "[admin]"; echo "listen = \"127.0.0.1:$4\""
-        if [ -n "$7" ]; then
-            echo "[tls]"; echo "chain = \"$RUN/certs/$7.pem\""; echo "key = \"$RUN/certs/$7.key\""
-            echo "trust_bundle = \"$RUN/certs/ca.pem\""
-        fi
-        echo "[[service]]"; echo "name = \"/srv/backend\""; echo "endpoints = [\"127.0.0.1:$5\"]"
-        [ -n "$6" ] && echo "identity = \"$6\""
-        echo "[[route]]"; echo "name = \"all\""; echo "backend = \"/svc/backend\""
-    } > "$RUN/$1.toml"
-}
 mesh_conf single 18083 "" 19990 18080 "" ""
 mesh_conf plain-a 18084 "" 19991 18085 "" ""
 mesh_conf plain-b 18090 18085 19992 18080 "" ""
