@@ -221,22 +221,19 @@ fn with_host(bytes: &[u8], host: &str) -> Vec<u8> {
 }
 
 /// Sends every hostile request to `send` and checks each outcome (with `limits`, the exact
-/// statuses of the size limits too); returns the report lines.
-async fn refuse_all<F, Fut>(listener: &str, host: &str, limits: bool, mut send: F) -> Vec<String>
+/// statuses of the size limits too), printing a line per request as it goes.
+async fn refuse_all<F, Fut>(listener: &str, host: &str, limits: bool, mut send: F)
 where
     F: FnMut(Vec<u8>, bool) -> Fut,
     Fut: std::future::Future<Output = (Outcome, usize)>,
 {
-    let mut report = Vec::new();
     for (name, bytes) in hostile_requests() {
         // With both framings, hyper reads the body by `Transfer-Encoding` (RFC 9112 §6.3: the
         // `Content-Length` is dropped, so the next hop sees one framing), answers, and closes
         // the connection: what follows is never read as a second request.
         let both = name.starts_with("smuggling: Content-Length with");
         let (got, responses) = send(with_host(&bytes, host), both).await;
-        report.push(format!(
-            "{listener}: {name}: {got:?}, {responses} response(s)"
-        ));
+        eprintln!("{listener}: {name}: {got:?}, {responses} response(s)");
         if both {
             assert!(
                 got.is_client_error_or_closed() || (got == Outcome::Status(200) && responses == 1),
@@ -255,7 +252,6 @@ where
             assert_eq!(got, Outcome::Status(431), "{listener}: {name}");
         }
     }
-    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,13 +261,10 @@ async fn the_outbound_listener_refuses_hostile_http1_and_serves_the_next_request
     let (app, smuggled) = app().await;
     let p = proxy(&certs, app.addr).await;
     let addr = p.outbound;
-    let report = refuse_all("outbound", "app", true, |bytes, drain| async move {
+    refuse_all("outbound", "app", true, |bytes, drain| async move {
         raw(addr, &bytes, drain).await
     })
     .await;
-    for line in &report {
-        eprintln!("{line}");
-    }
     assert_eq!(
         smuggled.load(Ordering::Relaxed),
         0,
@@ -361,13 +354,10 @@ async fn the_admin_listener_refuses_hostile_http1_and_serves_the_next_request() 
     let p = proxy(&certs, app.addr).await;
     let addr = p.admin;
     // The admin port answers GET only: a body is refused by method (405), not by size.
-    let report = refuse_all("admin", "admin", false, |bytes, drain| async move {
+    refuse_all("admin", "admin", false, |bytes, drain| async move {
         raw(addr, &bytes, drain).await
     })
     .await;
-    for line in &report {
-        eprintln!("{line}");
-    }
     assert_eq!(try_get(addr, "/ready").await, Ok(200));
     assert!(p.admin_get("/metrics").await.contains("meshwork_"));
 }
@@ -405,7 +395,7 @@ async fn the_mtls_listener_closes_garbage_and_half_handshakes_and_refuses_hostil
     )
     .expect("connector")
     .with_alpn(&[b"http/1.1"]);
-    let report = refuse_all("inbound", "app", true, |bytes, drain| {
+    refuse_all("inbound", "app", true, |bytes, drain| {
         let connector = connector.clone();
         async move {
             let tcp = TcpStream::connect(addr).await.expect("connect");
@@ -415,9 +405,6 @@ async fn the_mtls_listener_closes_garbage_and_half_handshakes_and_refuses_hostil
         }
     })
     .await;
-    for line in &report {
-        eprintln!("{line}");
-    }
     assert_eq!(
         smuggled.load(Ordering::Relaxed),
         0,
