@@ -255,11 +255,7 @@ async fn a_failing_discovery_source_shows_in_the_metrics() {
 async fn a_failed_connect_prints_each_cause_once() {
     init_tracing();
     // A port nothing listens on.
-    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_held, addr) = support::refusing_port();
     let discovery = Discovery::fixed([Endpoint::new(addr)]).expect("discovery");
     let client = meshwork::client(discovery)
         .authority("refused.test")

@@ -410,11 +410,8 @@ async fn an_endpoint_refusing_connections_is_steered_away_from() {
     init_tracing();
     const CALLS: usize = 100;
     let (ok, addr_ok) = Greeter::start("ok", Answer::Hello(Duration::from_millis(2))).await;
-    // A port that was bound and released: connecting to it is refused.
-    let dead = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        listener.local_addr().expect("local addr")
-    };
+    // A port nothing listens on: connecting to it is refused.
+    let (_held, dead) = support::refusing_port();
     let mut client = greeter_client(&[addr_ok, dead]);
 
     let mut failed = 0;

@@ -123,11 +123,8 @@ async fn get_head(addr: std::net::SocketAddr, extra: &str) -> String {
 #[tokio::test]
 async fn a_server_in_front_of_a_client_answers_502_when_the_endpoint_refuses() {
     init_tracing();
-    // A port held by a socket that never listens: connecting is refused, and no other test can
-    // bind the port meanwhile (a port merely freed could be taken by a parallel test's listener).
-    let dead = tokio::net::TcpSocket::new_v4().expect("socket");
-    dead.bind(([127, 0, 0, 1], 0).into()).expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
+    // A port nothing listens on: connecting is refused.
+    let (_dead, dead_addr) = support::refusing_port();
     let discovery = Discovery::fixed([Endpoint::new(dead_addr)]).expect("discovery");
     let client = meshwork::client(discovery)
         .authority("svc.test")

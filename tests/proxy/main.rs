@@ -323,11 +323,8 @@ async fn sigterm_drains_requests_in_flight_and_stops_accepting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_made_by_the_proxy_carry_l5d_err() {
     support::init_tracing();
-    // A port held by a socket that never listens: connecting is refused, and no parallel test's
-    // listener can take the port meanwhile.
-    let dead = tokio::net::TcpSocket::new_v4().expect("socket");
-    dead.bind(([127, 0, 0, 1], 0).into()).expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
+    // A port nothing listens on: connecting is refused.
+    let (_dead, dead_addr) = support::refusing_port();
     let a = Proxy::start(
         "a",
         &format!("[outbound]\ndtab = \"/svc => /srv;\"\n[[service]]\nname = \"/srv/dead\"\nendpoints = [\"{dead_addr}\"]\n"),

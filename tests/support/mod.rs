@@ -138,6 +138,17 @@ pub fn status(code: u16) -> Response {
         .unwrap()
 }
 
+/// A loopback port where connecting is refused: held by a socket that is bound but never
+/// listens, so that no parallel test's listener can take it meanwhile (a port merely freed
+/// could be). Keep the socket as long as the port must refuse.
+#[allow(dead_code)]
+pub fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

@@ -363,12 +363,11 @@ fn disabled_tracing_never_samples() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_collector_counts_failed_spans() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port held by a socket that never listens: connecting is refused, and no parallel test's
+    // listener can take the port meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let tracing = Tracing::otlp(TracingConfig {
         otlp_endpoint: format!("http://127.0.0.1:{port}/v1/traces"),
         export_timeout: Duration::from_secs(2),
