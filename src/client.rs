@@ -87,22 +87,37 @@ use mesh_core::classify::{
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
 use mesh_core::hedge::AvoidEndpoint;
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
+use mesh_core::metrics::HttpMetrics;
 use mesh_core::metrics::{names, CallbackHandle, MetricsError, NameClaim, Succession, Telemetry};
 use mesh_core::retry::{Budget, BudgetConfig, ReplayBody, Retry, RetryConfig, RetryStats};
 use mesh_core::shed::{ConcurrencyCap, Shed, ShedConfig, ShedStats};
 use mesh_core::stat::StatConfig;
+use mesh_core::trace::ClientSpan;
 use mesh_core::trace::Tracing;
 use mesh_discovery::Discovery;
 use tower::discover::Change;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::util::future::EitherResponseFuture;
+use tower::util::{BoxCloneSyncService, Either, MapRequest, MapResponse};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{boxed, Body, BoxError};
 use crate::connect::{EndpointClient, EndpointConnector, DEFAULT_CONNECT_TIMEOUT};
 use mesh_core::route::Protocol;
 
-/// The per-endpoint service the balancer chooses among: breaker ─▶ cap ─▶ hyper pool.
-type EndpointService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+/// The per-endpoint service the balancer chooses among: metrics ─▶ span ─▶ breaker ─▶ cap ─▶
+/// transport. A concrete type, not a boxed one: the balancer clones it for every request, and a
+/// clone of this is a handful of reference counts, where a boxed service's is an allocation.
+type EndpointService = HttpMetrics<ClientSpan<Either<BrokenEndpoint, CappedEndpoint>>>;
+
+/// An endpoint with a breaker: its classifying response body is unwrapped again.
+type BrokenEndpoint = MapResponse<Breaker<CappedEndpoint>, UnwrapClassified>;
+
+/// An endpoint below the breaker.
+type CappedEndpoint = ConcurrencyCap<EndpointTransport>;
+
+/// [`unwrap_classified`], as the type [`MapResponse`] holds.
+type UnwrapClassified =
+    fn(http::Response<ClassifyBody<Body, mesh_core::breaker::Report>>) -> http::Response<Body>;
 
 /// What carries a request to one endpoint, below the per-endpoint layers: the hyper pools by
 /// default, or what [`ClientBuilder::transport`] makes.
@@ -111,8 +126,46 @@ pub type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Bod
 /// Makes an endpoint's [`Transport`].
 type MakeTransport = Arc<dyn Fn(&mesh_discovery::Endpoint) -> Transport + Send + Sync>;
 
-/// The whole client stack, type-erased so layers can be switched on and off.
-type Stack<B> = BoxCloneSyncService<http::Request<B>, http::Response<Body>, BoxError>;
+/// The services below the retry layer, shared by every attempt: hedging (if on) ─▶ shed ─▶
+/// balancer.
+type BelowRetry = Either<Hedge<MapRequest<BelowHedge, Unreplay<Body>>>, BelowHedge>;
+
+/// The shedding layer over the balancer.
+type BelowHedge = Shed<PreviousHosts>;
+
+/// [`unreplay`], as the type [`MapRequest`] holds.
+type Unreplay<B> = fn(http::Request<ReplayBody<B>>) -> http::Request<Body>;
+
+/// The whole client stack: route metrics ─▶ deadlines ─▶ backend metrics ─▶ retries (if on) ─▶
+/// [`BelowRetry`]. Concrete (no boxed service, so no boxed future or service clone per layer);
+/// the retry layer boxes its own future, once per request.
+type Stack<B> = HttpMetrics<Deadlines<HttpMetrics<Either<Retrying<B>, NotRetrying<B>>>>>;
+
+/// The stack's retry layer, when retries are on.
+type Retrying<B> = Retry<MapRequest<BelowRetry, Unreplay<B>>>;
+
+/// The stack below the backend metrics when retries are off.
+type NotRetrying<B> = MapRequest<BelowRetry, fn(http::Request<B>) -> http::Request<Body>>;
+
+/// A boxed response future (the retry and hedge layers', a transport's).
+type BoxResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+/// The response future of [`BelowRetry`].
+type BelowRetryFuture = EitherResponseFuture<
+    BoxResponseFuture,
+    mesh_core::shed::ShedFuture<PreviousHosts, http::Request<Body>, Body>,
+>;
+
+/// The response future of [`Stack`], whatever the request body (the retry layer's is boxed, and
+/// below it the body is).
+type StackFuture = mesh_core::metrics::ResponseFuture<
+    mesh_core::deadline::ResponseFuture<
+        mesh_core::metrics::ResponseFuture<
+            EitherResponseFuture<BoxResponseFuture, BelowRetryFuture>,
+        >,
+    >,
+>;
 
 /// Starts building a client over the endpoints `discovery` reports.
 ///
@@ -409,6 +462,7 @@ impl Service<http::Request<Body>> for PreviousHosts {
         Service::<http::Request<Body>>::poll_ready(&mut self.0, cx)
     }
 
+    #[inline]
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match req.extensions().get::<AvoidEndpoint>().cloned() {
             Some(avoid) => self.0.call_avoiding(req, &avoid),
@@ -827,10 +881,9 @@ impl ClientBuilder {
             .spawn(changes)?;
         let latency: SharedLatency = Arc::new(balance.clone());
 
-        // Below the retry and hedge layers every request body is boxed, so the balancer and the
-        // endpoints have one type whichever layers are on.
-        let below_hedge: BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError> =
-            BoxCloneSyncService::new(shed_layer.layer(PreviousHosts(balance.clone())));
+        // Below the retry and hedge layers every request body is a `Body`, so the balancer and
+        // the endpoints have one type whichever layers are on.
+        let below_hedge: BelowHedge = shed_layer.layer(PreviousHosts(balance.clone()));
         // Under the retry layer, which deposits each request into the shared budget once, the
         // hedge layer must not deposit too (it sees every attempt: retries would fund retries).
         let retrying = self.retry.is_some();
@@ -844,14 +897,12 @@ impl ClientBuilder {
         let hedge_stats = hedge_layer
             .as_ref()
             .map_or_else(HedgeStats::default, |h| h.stats());
-        let below_retry = match hedge_layer {
-            Some(hedge) => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(hedge)
-                    .map_request(|req: http::Request<ReplayBody<Body>>| req.map(boxed))
-                    .service(below_hedge),
-            ),
-            None => below_hedge,
+        let below_retry: BelowRetry = match hedge_layer {
+            Some(hedge) => Either::Left(hedge.layer(MapRequest::new(
+                below_hedge,
+                unreplay::<Body> as Unreplay<Body>,
+            ))),
+            None => Either::Right(below_hedge),
         };
         let retry_layer = Retry::layer(self.retry.unwrap_or_default(), budget)
             .classify(classify)
@@ -864,25 +915,13 @@ impl ClientBuilder {
         // A client is one route with one backend (itself); a router in front adds its own routes.
         // Backend series sit where the stack diagram puts them: below deadlines, above retries.
         let backend_metrics = telemetry.backend(&name, &name);
-        let stack: Stack<B> = match self.retry {
-            Some(_) => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(route_metrics)
-                    .layer(deadlines)
-                    .layer(backend_metrics)
-                    .layer(retry_layer)
-                    .map_request(|req: http::Request<ReplayBody<B>>| req.map(boxed))
-                    .service(below_retry),
+        let attempts: Either<Retrying<B>, NotRetrying<B>> = match self.retry {
+            Some(_) => Either::Left(
+                retry_layer.layer(MapRequest::new(below_retry, unreplay::<B> as Unreplay<B>)),
             ),
-            None => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(route_metrics)
-                    .layer(deadlines)
-                    .layer(backend_metrics)
-                    .map_request(|req: http::Request<B>| req.map(boxed))
-                    .service(below_retry),
-            ),
+            None => Either::Right(MapRequest::new(below_retry, box_request::<B> as fn(_) -> _)),
         };
+        let stack: Stack<B> = route_metrics.layer(deadlines.layer(backend_metrics.layer(attempts)));
 
         let stats = ClientStats {
             retry: retry_stats,
@@ -1096,6 +1135,67 @@ struct NewEndpoint {
     tls_failures: Arc<crate::connect::TlsFailures>,
 }
 
+/// A request body as the retry and hedge layers send it, as a [`Body`]: with no allocation when
+/// it is empty (a bodiless request's replay) or the original body streaming once, already a
+/// [`Body`]; else boxed.
+fn unreplay<B>(req: http::Request<ReplayBody<B>>) -> http::Request<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    req.map(|body| match body {
+        ReplayBody::Buffered {
+            data,
+            trailers: None,
+        } if data.is_empty() => Body::default(),
+        ReplayBody::Streaming {
+            prefix: None,
+            inner,
+        } => boxed(inner),
+        body => boxed(body),
+    })
+}
+
+/// A request's body as a [`Body`] (no second box around one that is already).
+fn box_request<B>(req: http::Request<B>) -> http::Request<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    req.map(boxed)
+}
+
+/// What carries a request to one endpoint: meshwork's own pools, or the service a
+/// [`ClientBuilder::transport`] made. An enum rather than a boxed service, so that the
+/// per-request clone of the endpoint's service allocates nothing on the default path (and, the
+/// pools being shared, copies one pointer rather than hyper's client).
+#[derive(Clone)]
+enum EndpointTransport {
+    Pools(Arc<EndpointClient>),
+    Custom(Transport),
+}
+
+impl Service<http::Request<Body>> for EndpointTransport {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            EndpointTransport::Pools(_) => Poll::Ready(Ok(())),
+            EndpointTransport::Custom(custom) => custom.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match self {
+            EndpointTransport::Pools(pools) => pools.send(req),
+            EndpointTransport::Custom(custom) => custom.call(req),
+        }
+    }
+}
+
 /// The breaker's response with a [`Body`]: the body itself when the class came with the head (no
 /// allocation on the common path), else the classifying wrapper, boxed.
 fn unwrap_classified(
@@ -1127,8 +1227,8 @@ impl NewEndpoint {
             cache.remove(&endpoint.addr);
         }
         let health = Health::new();
-        let transport: Transport = match &self.transport {
-            Some(make) => make(endpoint),
+        let transport = match &self.transport {
+            Some(make) => EndpointTransport::Custom(make(endpoint)),
             None => {
                 let connector = self.connector(endpoint)?;
                 let protocol = endpoint
@@ -1136,31 +1236,30 @@ impl NewEndpoint {
                     .get("protocol")
                     .and_then(|name| Protocol::from_name(name))
                     .unwrap_or(self.protocol);
-                BoxCloneSyncService::new(EndpointClient::new(
+                EndpointTransport::Pools(Arc::new(EndpointClient::new(
                     &self.hyper,
                     connector,
                     protocol,
                     self.idle_timeout,
-                ))
+                )))
             }
         };
         let (metrics, series) = self
             .telemetry
             .endpoint_with_series(&self.name, &endpoint.addr.to_string());
-        let capped = ConcurrencyCap::layer(self.cap)
+        let capped: CappedEndpoint = ConcurrencyCap::layer(self.cap)
             .with_stats(self.shed_stats.clone())
             .layer(transport);
         // The breaker classifies each attempt once, with the request's (route's) classifier; the
         // endpoint metrics above it record that verdict, trailers included.
         let classified = match &self.breaker {
-            Some(breaker) => tower::util::Either::Left(
-                breaker
-                    .layer(capped, health.clone())
-                    .map_response(unwrap_classified as fn(_) -> _),
-            ),
-            None => tower::util::Either::Right(capped),
+            Some(breaker) => Either::Left(MapResponse::new(
+                breaker.layer(capped, health.clone()),
+                unwrap_classified as UnwrapClassified,
+            )),
+            None => Either::Right(capped),
         };
-        let service = BoxCloneSyncService::new(metrics.layer(classified));
+        let service: EndpointService = metrics.layer(classified);
         cache.insert(
             endpoint.addr,
             CachedEndpoint {
@@ -1320,32 +1419,46 @@ where
         self.stack.poll_ready(cx).map_err(Error::from_boxed)
     }
 
+    #[inline]
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if let Err(error) = self.absolutize(&mut req) {
-            return ResponseFuture(Err(Some(error)));
-        }
-        // The stack's future is boxed already: this one only maps its error (no second box).
-        ResponseFuture(Ok((self.stack.call(req), self.left_out.clone())))
+        let state = match self.absolutize(&mut req) {
+            Ok(()) => FutureState::Sent {
+                fut: self.stack.call(req),
+                left_out: self.left_out.clone(),
+            },
+            Err(error) => FutureState::Failed { error: Some(error) },
+        };
+        ResponseFuture { state }
     }
 }
 
-/// The stack's (boxed) response future.
-type StackFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The response future of [`Client`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: FutureState,
+    }
+}
 
-/// The response future of [`Client`].
-pub struct ResponseFuture(Result<(StackFuture, LeftOut), Option<Error>>);
+pin_project_lite::pin_project! {
+    #[project = FutureStateProj]
+    enum FutureState {
+        Sent { #[pin] fut: StackFuture, left_out: LeftOut },
+        Failed { error: Option<Error> },
+    }
+}
 
 impl Future for ResponseFuture {
     type Output = Result<http::Response<Body>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Unpin: the inner future is boxed.
-        match &mut self.get_mut().0 {
-            Ok((fut, left_out)) => fut
-                .as_mut()
+        match self.project().state.project() {
+            FutureStateProj::Sent { fut, left_out } => fut
                 .poll(cx)
                 .map_err(|e| Error::from_boxed(e).naming_left_out(left_out)),
-            Err(error) => Poll::Ready(Err(error.take().unwrap_or(Error::MissingAuthority))),
+            FutureStateProj::Failed { error } => {
+                Poll::Ready(Err(error.take().unwrap_or(Error::MissingAuthority)))
+            }
         }
     }
 }
@@ -1411,5 +1524,43 @@ mod tests {
         assert_eq!(balance_weight(f64::NAN), 0);
         assert_eq!(balance_weight(0.001), 1);
         assert_eq!(balance_weight(1e12), u32::MAX);
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    //! The request path moves these by value: the balancer clones an endpoint's service for
+    //! every request, and every layer moves its inner future into its own. Inline, hyper's
+    //! client (448 bytes), an OpenTelemetry span or a peeked response head made them several
+    //! times larger, and copying them was a fifth of the stack's instructions.
+    use std::mem::size_of;
+
+    use super::{Body, EndpointService, Stack, StackFuture};
+
+    type Request = http::Request<Body>;
+
+    #[test]
+    fn an_endpoint_service_is_a_few_pointers() {
+        let size = size_of::<EndpointService>();
+        assert!(size <= 192, "the per-endpoint service is {size} bytes");
+    }
+
+    #[test]
+    fn an_endpoint_future_holds_no_span_or_response_head_inline() {
+        let size = size_of::<<EndpointService as tower::Service<Request>>::Future>();
+        assert!(
+            size <= 256,
+            "the per-endpoint response future is {size} bytes"
+        );
+    }
+
+    #[test]
+    fn the_client_stack_and_its_future_stay_small() {
+        let stack = size_of::<Stack<Body>>();
+        assert!(stack <= 160, "the client stack is {stack} bytes");
+        let future = size_of::<StackFuture>();
+        assert!(
+            future <= 768,
+            "the client stack's response future is {future} bytes"
+        );
     }
 }

@@ -321,7 +321,18 @@ impl tower::Service<http::Request<Body>> for EndpointClient {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        self.send(req)
+    }
+}
+
+impl EndpointClient {
+    /// Sends `req` over the endpoint's pool for its protocol: [`tower::Service::call`] through a
+    /// shared reference (the pools are shared inside already).
+    pub(crate) fn send(
+        &self,
+        mut req: http::Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>> {
         if self.protocol_for(&req) == Protocol::Http2 {
             *req.version_mut() = http::Version::HTTP_2;
             let rsp = self.h2.request(req);

@@ -697,30 +697,36 @@ impl Service<http::Request<Body>> for LeafClient {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match self {
-            // The client's future is boxed already: no second box to map its error.
-            LeafClient::Ready { client, .. } => LeafFuture::Ready(client.call(req)),
-            LeafClient::Failed(reason) => LeafFuture::Failed(Some(error_response(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                reason.clone(),
-            ))),
+            // The client's future is held in place: no box to map its error.
+            LeafClient::Ready { client, .. } => LeafFuture::Ready {
+                fut: client.call(req),
+            },
+            LeafClient::Failed(reason) => LeafFuture::Failed {
+                rsp: Some(error_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    reason.clone(),
+                )),
+            },
         }
     }
 }
 
-/// The response future of a bound name's client (or its build error's answer).
-enum LeafFuture {
-    Ready(crate::client::ResponseFuture),
-    Failed(Option<http::Response<Body>>),
+pin_project_lite::pin_project! {
+    /// The response future of a bound name's client (or its build error's answer).
+    #[project = LeafFutureProj]
+    enum LeafFuture {
+        Ready { #[pin] fut: crate::client::ResponseFuture },
+        Failed { rsp: Option<http::Response<Body>> },
+    }
 }
 
 impl Future for LeafFuture {
     type Output = Result<http::Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Unpin: the client's future is boxed inside, the failure is a plain value.
-        match self.get_mut() {
-            LeafFuture::Ready(fut) => Pin::new(fut).poll(cx).map_err(Into::into),
-            LeafFuture::Failed(rsp) => match rsp.take() {
+        match self.project() {
+            LeafFutureProj::Ready { fut } => fut.poll(cx).map_err(Into::into),
+            LeafFutureProj::Failed { rsp } => match rsp.take() {
                 Some(rsp) => Poll::Ready(Ok(rsp)),
                 None => Poll::Ready(Err("leaf future polled after completion".into())),
             },

@@ -638,6 +638,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         self.dispatch(req, None)
     }
@@ -647,6 +648,7 @@ impl<K, S, C> Balance<K, S, C> {
     /// Like [`Service::call`], but avoids the endpoints earlier attempts of the same request went
     /// to (see [`Avoid`]) whenever another is available, and records the one it picks. While the
     /// set is empty the request waits as usual and the hint is not used.
+    #[inline]
     pub fn call_avoiding<Req>(
         &mut self,
         req: Req,
@@ -661,6 +663,7 @@ impl<K, S, C> Balance<K, S, C> {
         self.dispatch(req, Some(avoid))
     }
 
+    #[inline]
     fn dispatch<Req>(
         &mut self,
         req: Req,

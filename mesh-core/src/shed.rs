@@ -237,6 +237,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // Fast path, no allocation and no clone of the inner service: it is ready and a slot is
         // free now. (Free permits exist only while nobody waits — tokio's semaphore hands
@@ -414,6 +415,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -513,6 +513,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let info = RequestInfo::of(&req);
         let classify = classifier_for(req.extensions(), &self.classify);
@@ -569,8 +570,10 @@ pin_project! {
         inner: F,
         state: Option<Pending>,
         // A response whose class waits for the end of its body, while its first frame is read
-        // (`PeekTrailers`). Dropped here, its body reports the end of the stream.
-        peeking: Option<(http::response::Parts, ClassifyBody<B, Report>)>,
+        // (`PeekTrailers`). Dropped here, its body reports the end of the stream. Boxed: rare (gRPC
+        // with the status in an empty body's trailers) and large, and inline it would make every
+        // request's future that much larger.
+        peeking: Option<Box<(http::response::Parts, ClassifyBody<B, Report>)>>,
     }
 
     impl<F, B> PinnedDrop for ResponseFuture<F, B>
@@ -612,11 +615,12 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let this = self.as_mut().project();
-            if let Some((parts, mut body)) = this.peeking.take() {
-                let Poll::Ready(peeked) = body.poll_peek(cx) else {
-                    *this.peeking = Some((parts, body));
+            if let Some(mut peeking) = this.peeking.take() {
+                let Poll::Ready(peeked) = peeking.1.poll_peek(cx) else {
+                    *this.peeking = Some(peeking);
                     return Poll::Pending;
                 };
+                let (parts, mut body) = *peeking;
                 let mut rsp = Response::from_parts(parts, ());
                 match peeked {
                     // Decided by the first frame: known with the head, as if the head had said it.
@@ -679,7 +683,7 @@ where
                         HeadClass::AwaitEos if p.peek => {
                             let (parts, body) = rsp.into_parts();
                             let body = ClassifyBody::new(body, p.classify, p.info, p.report);
-                            *this.peeking = Some((parts, body));
+                            *this.peeking = Some(Box::new((parts, body)));
                             // Read the first frame now.
                             continue;
                         }

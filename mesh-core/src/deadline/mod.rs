@@ -311,6 +311,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let now = Instant::now();
         let mut earliest = req.extensions().get::<Deadline>().map(|d| d.0);

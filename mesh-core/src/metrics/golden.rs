@@ -502,6 +502,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.handles.metrics.requests.inc();
         let edge = self.handles.inbound.as_ref().map(|(destination, source)| {

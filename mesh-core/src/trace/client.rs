@@ -54,8 +54,9 @@ pin_project! {
     enum State<F> {
         /// Not sampled.
         Plain { #[pin] inner: F },
-        /// A sampled attempt and its span.
-        Traced { #[pin] inner: F, span: Option<Span> },
+        /// A sampled attempt and its span (boxed: a span is large, and most attempts are not
+        /// sampled; an unboxed one would make every attempt's future that size).
+        Traced { #[pin] inner: F, span: Option<Box<Span>> },
     }
 }
 
@@ -114,6 +115,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Where the parent came from decides whether headers must be written when unsampled.
         let (parent, from_headers): (Option<TraceContext>, bool) =
@@ -145,7 +147,7 @@ where
         inject(&ctx, req.headers_mut());
         ClientSpanFuture::from(State::Traced {
             inner: self.inner.call(req),
-            span: Some(span),
+            span: Some(Box::new(span)),
         })
     }
 }
