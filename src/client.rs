@@ -153,9 +153,12 @@ type BoxResponseFuture =
 
 /// The response future of [`BelowRetry`].
 type BelowRetryFuture = EitherResponseFuture<
-    BoxResponseFuture,
-    mesh_core::shed::ShedFuture<PreviousHosts, http::Request<Body>, Body>,
+    mesh_core::hedge::ResponseFuture<BelowHedgeFuture, Body>,
+    BelowHedgeFuture,
 >;
+
+/// The response future of [`BelowHedge`].
+type BelowHedgeFuture = mesh_core::shed::ShedFuture<PreviousHosts, http::Request<Body>, Body>;
 
 /// The response future of [`Stack`], whatever the request body (the retry layer's is boxed, and
 /// below it the body is).

@@ -54,7 +54,9 @@ use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use http_body::Body;
 use smallvec::SmallVec;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -307,98 +309,151 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+    type Future = ResponseFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
         let extensions = req.extensions();
         let delay = match extensions.get::<HedgeDelay>() {
             _ if extensions.get::<NoHedge>().is_some() => None,
             Some(d) => Some(*d),
-            None => shared.config.enabled.then_some(shared.config.delay),
+            None => self
+                .shared
+                .config
+                .enabled
+                .then_some(self.shared.config.delay),
         }
         .filter(|_| RequestInfo::new(req.method(), req.headers()).idempotent);
-        // The ready service serves the first attempt; a hedge needs a second one, cloned only
-        // for a request that may be hedged.
-        let spare = delay.map(|_| self.inner.clone());
+        let Some(delay) = delay else {
+            // Not hedged: the request goes once, through the service made ready, with no clone,
+            // no allocation and no wait (a deposit, if this layer makes them, is made now).
+            if self.shared.config.deposit {
+                budget_for(&req, &self.shared).deposit();
+            }
+            let (parts, body) = req.into_parts();
+            let once = Request::from_parts(
+                parts,
+                ReplayBody::Streaming {
+                    prefix: None,
+                    inner: body,
+                },
+            );
+            return ResponseFuture::Once {
+                inner: self.inner.call(once),
+            };
+        };
+        let shared = self.shared.clone();
+        // The ready service serves the first attempt; a hedge needs a second one.
+        let spare = self.inner.clone();
         let fresh = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, fresh);
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            // A route's own budget replaces the shared one.
-            let budget = match parts.extensions.get::<crate::route::RouteBudget>() {
-                Some(route) => route.0.clone(),
-                None => shared.budget.clone(),
-            };
-            if shared.config.deposit {
-                budget.deposit();
-            }
-            let once = |parts, body| {
-                Request::from_parts(
-                    parts,
-                    ReplayBody::Streaming {
-                        prefix: None,
-                        inner: body,
-                    },
-                )
-            };
-            let (Some(delay), Some(spare)) = (delay, spare) else {
-                return attempt(ready, once(parts, body), None).await;
-            };
-            let content_length = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let replay = match ReplayBody::prepare(body, content_length, shared.config.buffer_limit)
-                .await
-                .map_err(Into::into)?
-            {
-                Prepared::Replayable(replay) => replay,
-                Prepared::Once(body) => {
-                    return attempt(ready, Request::from_parts(parts, body), None).await
+        ResponseFuture::Hedging {
+            fut: Box::pin(async move {
+                let budget = budget_for(&req, &shared);
+                if shared.config.deposit {
+                    budget.deposit();
                 }
-            };
-            if parts.extensions.get::<AvoidEndpoint>().is_none() {
-                parts.extensions.insert(AvoidEndpoint::default());
-            }
-            let first_req = Request::from_parts(parts.clone(), replay.body());
-            let mut first = Box::pin(attempt(ready, first_req, None));
-            let delay = shared.config.delay(delay, &*shared.latency);
-            let sleep = Box::pin(tokio::time::sleep(delay));
-            let first = match future::select(first.as_mut(), sleep).await {
-                Either::Left((result, _)) => return result,
-                Either::Right(((), _)) => first,
-            };
-            if !budget.withdraw() {
-                shared
-                    .stats
-                    .0
-                    .budget_exhausted
-                    .fetch_add(1, Ordering::Relaxed);
-                return first.await;
-            }
-            shared.stats.0.hedges.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(?delay, "hedging");
-            let second = Box::pin(attempt(
-                spare,
-                Request::from_parts(parts, replay.body()),
-                None,
-            ));
-            match future::select(first, second).await {
-                Either::Left((Err(_), second)) => second.await,
-                Either::Left((ok, _)) => ok,
-                Either::Right((Err(_), first)) => first.await,
-                Either::Right((ok, _)) => {
-                    shared.stats.0.hedge_wins.fetch_add(1, Ordering::Relaxed);
-                    ok
+                let (mut parts, body) = req.into_parts();
+                let content_length = parts
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let replay =
+                    match ReplayBody::prepare(body, content_length, shared.config.buffer_limit)
+                        .await
+                        .map_err(Into::into)?
+                    {
+                        Prepared::Replayable(replay) => replay,
+                        Prepared::Once(body) => {
+                            return attempt(ready, Request::from_parts(parts, body), None).await
+                        }
+                    };
+                if parts.extensions.get::<AvoidEndpoint>().is_none() {
+                    parts.extensions.insert(AvoidEndpoint::default());
                 }
-            }
-        })
+                let first_req = Request::from_parts(parts.clone(), replay.body());
+                let mut first = Box::pin(attempt(ready, first_req, None));
+                let delay = shared.config.delay(delay, &*shared.latency);
+                let sleep = Box::pin(tokio::time::sleep(delay));
+                let first = match future::select(first.as_mut(), sleep).await {
+                    Either::Left((result, _)) => return result,
+                    Either::Right(((), _)) => first,
+                };
+                if !budget.withdraw() {
+                    shared
+                        .stats
+                        .0
+                        .budget_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                    return first.await;
+                }
+                shared.stats.0.hedges.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?delay, "hedging");
+                let second = Box::pin(attempt(
+                    spare,
+                    Request::from_parts(parts, replay.body()),
+                    None,
+                ));
+                match future::select(first, second).await {
+                    Either::Left((Err(_), second)) => second.await,
+                    Either::Left((ok, _)) => ok,
+                    Either::Right((Err(_), first)) => first.await,
+                    Either::Right((ok, _)) => {
+                        shared.stats.0.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                        ok
+                    }
+                }
+            }),
+        }
+    }
+}
+
+/// The budget a request's hedges are charged to: its route's own, else the layer's.
+fn budget_for<B>(req: &Request<B>, shared: &Shared) -> Budget {
+    match req.extensions().get::<crate::route::RouteBudget>() {
+        Some(route) => route.0.clone(),
+        None => shared.budget.clone(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The [`Hedge`] response future: a request that may not be hedged goes once, in place; one
+    /// that may be races its attempts in a boxed future.
+    #[project = ResponseFutureProj]
+    #[allow(missing_docs)]
+    pub enum ResponseFuture<F, RB> {
+        /// Sent once, unhedged.
+        Once { #[pin] inner: F },
+        /// May be hedged.
+        Hedging { fut: BoxFuture<'static, Result<Response<RB>, BoxError>> },
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F, RB>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Once { inner } => inner.poll(cx).map_err(Into::into),
+            ResponseFutureProj::Hedging { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, RB> std::fmt::Debug for ResponseFuture<F, RB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseFuture::Once { .. } => f.write_str("ResponseFuture::Once"),
+            ResponseFuture::Hedging { .. } => f.write_str("ResponseFuture::Hedging"),
+        }
     }
 }
 
@@ -514,6 +569,71 @@ mod tests {
             .method(method)
             .body(Full::new(Bytes::from_static(b"q")))
             .unwrap()
+    }
+
+    /// Counts its clones: a request that is not hedged needs no second service.
+    struct CountClones<S> {
+        inner: S,
+        clones: Arc<AtomicUsize>,
+    }
+
+    impl<S: Clone> Clone for CountClones<S> {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Self {
+                inner: self.inner.clone(),
+                clones: self.clones.clone(),
+            }
+        }
+    }
+
+    impl<S: tower::Service<R>, R> tower::Service<R> for CountClones<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: R) -> S::Future {
+            self.inner.call(req)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_may_not_be_hedged_goes_once_in_place_and_still_deposits() {
+        let backend = Backend::default();
+        let clones = Arc::new(AtomicUsize::new(0));
+        let budget = budget(0, 1.0);
+        // Hedging off for the layer (a route may still opt in), then a POST with it on.
+        let off = HedgeConfig {
+            enabled: false,
+            ..fixed(50)
+        };
+        for (config, method) in [(off, Method::GET), (fixed(50), Method::POST)] {
+            let layer = Hedge::layer(config, budget.clone());
+            let stats = layer.stats();
+            let mut svc = layer.layer(CountClones {
+                inner: backend.service(Duration::from_millis(200)),
+                clones: clones.clone(),
+            });
+            for _ in 0..3 {
+                let fut = tower::Service::call(svc.ready().await.unwrap(), request(method.clone()));
+                assert!(matches!(fut, ResponseFuture::Once { .. }), "{fut:?}");
+                let sent = backend.calls.load(Ordering::SeqCst) as u32;
+                assert_eq!(*fut.await.unwrap().body(), sent, "one attempt");
+            }
+            assert_eq!(stats.hedges(), 0);
+        }
+        assert_eq!(clones.load(Ordering::SeqCst), 0, "the service was cloned");
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            6,
+            "each request went once"
+        );
+        // Six deposits at ratio 1.0: six withdrawals, not seven.
+        assert_eq!(budget.available(), 6);
     }
 
     #[tokio::test(start_paused = true)]
