@@ -147,7 +147,7 @@ type Retrying<B> = Retry<MapRequest<BelowRetry, Unreplay<B>>>;
 /// The stack below the backend metrics when retries are off.
 type NotRetrying<B> = MapRequest<BelowRetry, fn(http::Request<B>) -> http::Request<Body>>;
 
-/// A boxed response future (the retry and hedge layers', a transport's).
+/// A boxed response future (the retry layer's, a hedged request's, a transport's).
 type BoxResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
 
