@@ -1529,6 +1529,7 @@ mod tests {
         assert_eq!(balance_weight(1e12), u32::MAX);
     }
 }
+
 #[cfg(test)]
 mod size_tests {
     //! The request path moves these by value: the balancer clones an endpoint's service for

@@ -463,6 +463,7 @@ mod tests {
     use super::*;
     use crate::deadline::FixedLatency;
     use crate::retry::BudgetConfig;
+    use crate::test_util::CountClones;
     use bytes::Bytes;
     use http::Method;
     use http_body_util::Full;
@@ -571,36 +572,6 @@ mod tests {
             .unwrap()
     }
 
-    /// Counts its clones: a request that is not hedged needs no second service.
-    struct CountClones<S> {
-        inner: S,
-        clones: Arc<AtomicUsize>,
-    }
-
-    impl<S: Clone> Clone for CountClones<S> {
-        fn clone(&self) -> Self {
-            self.clones.fetch_add(1, Ordering::SeqCst);
-            Self {
-                inner: self.inner.clone(),
-                clones: self.clones.clone(),
-            }
-        }
-    }
-
-    impl<S: tower::Service<R>, R> tower::Service<R> for CountClones<S> {
-        type Response = S::Response;
-        type Error = S::Error;
-        type Future = S::Future;
-
-        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-            self.inner.poll_ready(cx)
-        }
-
-        fn call(&mut self, req: R) -> S::Future {
-            self.inner.call(req)
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_request_that_may_not_be_hedged_goes_once_in_place_and_still_deposits() {
         let backend = Backend::default();
@@ -614,10 +585,10 @@ mod tests {
         for (config, method) in [(off, Method::GET), (fixed(50), Method::POST)] {
             let layer = Hedge::layer(config, budget.clone());
             let stats = layer.stats();
-            let mut svc = layer.layer(CountClones {
-                inner: backend.service(Duration::from_millis(200)),
-                clones: clones.clone(),
-            });
+            let mut svc = layer.layer(CountClones::new(
+                backend.service(Duration::from_millis(200)),
+                clones.clone(),
+            ));
             for _ in 0..3 {
                 let fut = tower::Service::call(svc.ready().await.unwrap(), request(method.clone()));
                 assert!(matches!(fut, ResponseFuture::Once { .. }), "{fut:?}");

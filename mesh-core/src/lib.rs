@@ -38,4 +38,6 @@ pub mod retry;
 pub mod route;
 pub mod shed;
 pub mod stat;
+#[cfg(test)]
+mod test_util;
 pub mod trace;

@@ -600,36 +600,17 @@ mod tests {
             .starts_with("max_in_flight must be at least 1"));
     }
 
-    /// A service that counts its clones.
-    #[derive(Debug)]
-    struct CountsClones(Arc<AtomicUsize>);
-
-    impl Clone for CountsClones {
-        fn clone(&self) -> Self {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            CountsClones(self.0.clone())
-        }
-    }
-
-    impl tower::Service<Request<()>> for CountsClones {
-        type Response = Response<String>;
-        type Error = std::convert::Infallible;
-        type Future = std::future::Ready<Result<Response<String>, std::convert::Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            std::future::ready(Ok(Response::new("ok".to_owned())))
-        }
-    }
-
     #[tokio::test]
     async fn a_free_slot_dispatches_without_cloning_the_inner_service() {
         use tower::{Service, ServiceExt};
         let clones = Arc::new(AtomicUsize::new(0));
-        let mut svc = Shed::layer(ShedConfig::default()).layer(CountsClones(clones.clone()));
+        let ok = tower::service_fn(|_: Request<()>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                "ok".to_owned(),
+            )))
+        });
+        let mut svc = Shed::layer(ShedConfig::default())
+            .layer(crate::test_util::CountClones::new(ok, clones.clone()));
         for _ in 0..100 {
             let rsp = svc
                 .ready()
