@@ -135,6 +135,49 @@ async fn a_hanging_backend_gets_504_at_the_deadline_and_sees_the_cancel() {
     );
 }
 
+/// A caller that gives up drops its request through every layer: the backend sees the cancel,
+/// and the endpoint's only concurrency slot is free for the next request (held, the next one
+/// would be shed with a 503 at the cap).
+#[tokio::test]
+async fn a_caller_that_gives_up_frees_its_endpoints_slot_and_cancels_the_backend() {
+    init_tracing();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = cancelled.clone();
+    let backend = Backend::with_handler(
+        "stall-first",
+        handler(move |_, n| {
+            let guard = (n == 0).then(|| DropFlag(flag.clone()));
+            async move {
+                if let Some(_guard) = guard {
+                    std::future::pending::<()>().await;
+                }
+                status(200)
+            }
+        }),
+    )
+    .await;
+    let discovery = Discovery::fixed([Endpoint::new(backend.addr)]).expect("discovery");
+    let client: meshwork::Client<Empty<Bytes>> = meshwork::client(discovery)
+        .authority("svc.test")
+        .endpoint_concurrency(1)
+        .build()
+        .expect("client");
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), client.request(get())).await;
+    assert!(
+        gave_up.is_err(),
+        "the stalled request answered: {gave_up:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || cancelled.load(Ordering::SeqCst)).await,
+        "the backend's handler was never cancelled"
+    );
+    let rsp = tokio::time::timeout(Duration::from_secs(5), client.request(get()))
+        .await
+        .expect("the next request was not answered")
+        .expect("response");
+    assert_eq!(rsp.status(), 200, "{:?}", rsp.headers());
+}
+
 struct DropFlag(Arc<AtomicBool>);
 
 impl Drop for DropFlag {
