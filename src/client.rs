@@ -138,7 +138,8 @@ type Unreplay<B> = fn(http::Request<ReplayBody<B>>) -> http::Request<Body>;
 
 /// The whole client stack: route metrics ─▶ deadlines ─▶ backend metrics ─▶ retries (if on) ─▶
 /// [`BelowRetry`]. Concrete (no boxed service, so no boxed future or service clone per layer);
-/// the retry layer boxes its own future, once per request.
+/// the retry layer sends a first attempt in place unless the body must be buffered first, and
+/// boxes only what retrying needs.
 type Stack<B> = HttpMetrics<Deadlines<HttpMetrics<Either<Retrying<B>, NotRetrying<B>>>>>;
 
 /// The stack's retry layer, when retries are on.
@@ -147,7 +148,7 @@ type Retrying<B> = Retry<MapRequest<BelowRetry, Unreplay<B>>>;
 /// The stack below the backend metrics when retries are off.
 type NotRetrying<B> = MapRequest<BelowRetry, fn(http::Request<B>) -> http::Request<Body>>;
 
-/// A boxed response future (the retry layer's, a hedged request's, a transport's).
+/// A boxed response future (a hedged request's, a transport's).
 type BoxResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
 
@@ -160,12 +161,15 @@ type BelowRetryFuture = EitherResponseFuture<
 /// The response future of [`BelowHedge`].
 type BelowHedgeFuture = mesh_core::shed::ShedFuture<PreviousHosts, http::Request<Body>, Body>;
 
-/// The response future of [`Stack`], whatever the request body (the retry layer's is boxed, and
-/// below it the body is).
+/// The response future of [`Stack`], whatever the request body (below the retry layer the body
+/// is [`Body`]).
 type StackFuture = mesh_core::metrics::ResponseFuture<
     mesh_core::deadline::ResponseFuture<
         mesh_core::metrics::ResponseFuture<
-            EitherResponseFuture<BoxResponseFuture, BelowRetryFuture>,
+            EitherResponseFuture<
+                mesh_core::retry::ResponseFuture<BelowRetryFuture, Body>,
+                BelowRetryFuture,
+            >,
         >,
     >,
 >;

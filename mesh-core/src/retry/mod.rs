@@ -393,6 +393,158 @@ where
     }
 }
 
+/// What a request's retries need, set aside while its first attempt is in flight.
+struct Retries<S> {
+    /// A clone of the inner service; serves every retry (the first attempt used the ready one).
+    svc: S,
+    shared: Arc<Shared>,
+    budget: Budget,
+    classify: SharedClassify,
+    info: RequestInfo,
+    /// The first attempt's head, copied before it was sent.
+    parts: http::request::Parts,
+    replay: Replay,
+    deadline: Option<Deadline>,
+}
+
+/// Classifies the first attempt's outcome and retries while the outcome is retryable and the
+/// budget, the deadline and `max_retries` allow.
+async fn retry_after_first<S, B, RB>(
+    mut r: Retries<S>,
+    mut result: Result<Response<RB>, BoxError>,
+) -> Result<Response<RB>, BoxError>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    let shared = r.shared.clone();
+    let stats = &shared.stats.0;
+    let per_try = shared.config.per_try_timeout;
+    let mut backoff = Backoff::new(shared.config.backoff);
+    let mut retries = 0;
+    loop {
+        let class = classify_outcome(&*r.classify, shared.inspect, r.info, &result);
+        if !class.is_retryable() {
+            return result;
+        }
+        let wait = backoff.next_wait();
+        if !may_retry(&shared, &r.budget, retries, r.deadline, wait) {
+            return result;
+        }
+        // Release the failed response (and its connection stream) before waiting.
+        drop(result);
+        retries += 1;
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(retries, ?wait, "retrying");
+        tokio::time::sleep(wait).await;
+        if let Some(d) = r.deadline {
+            crate::deadline::propagate(&mut r.parts.headers, d);
+        }
+        let req = Request::from_parts(r.parts.clone(), r.replay.body());
+        result = attempt_on(&mut r.svc, req, per_try).await;
+    }
+}
+
+/// A boxed response future.
+type BoxResponse<RB> = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+
+/// Starts the retry loop after a retryable first attempt.
+type StartRetries<RB> = Box<dyn FnOnce(Result<Response<RB>, BoxError>) -> BoxResponse<RB> + Send>;
+
+/// The rest of a request whose first attempt went in place: how to classify that attempt, and
+/// the retry loop to start if it is retryable (boxed, with the service and the request's head).
+struct ThenRetry<RB> {
+    classify: SharedClassify,
+    inspect: ErrorInspector,
+    info: RequestInfo,
+    retry: StartRetries<RB>,
+}
+
+/// Marks a replayable request's head for its attempts: the avoid hint they share, and (for gRPC)
+/// trailer peeking.
+fn prepare_head(parts: &mut http::request::Parts, info: RequestInfo) {
+    // Retries avoid the endpoints earlier attempts used (the balancer reads this).
+    if parts
+        .extensions
+        .get::<crate::hedge::AvoidEndpoint>()
+        .is_none()
+    {
+        parts
+            .extensions
+            .insert(crate::hedge::AvoidEndpoint::default());
+    }
+    // A gRPC status that only the trailers of an empty body carry can still be retried if the
+    // breaker reads that far before handing the response on.
+    if info.grpc {
+        parts.extensions.insert(crate::classify::PeekTrailers);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The [`Retry`] response future.
+    ///
+    /// A request with nothing to buffer (an empty body) and no per-try timeout has its first
+    /// attempt sent in place, from `call`; only a retryable outcome starts the boxed retry loop.
+    /// A request whose body must first be buffered, or whose attempts are timed, runs boxed.
+    pub struct ResponseFuture<F, RB> {
+        #[pin]
+        state: State<F, RB>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, RB> {
+        // The first attempt, sent in place; `then` is `None` when the request goes once.
+        First { #[pin] fut: F, then: Option<ThenRetry<RB>> },
+        // Buffering the body, timing attempts, or retrying.
+        Boxed { fut: BoxFuture<'static, Result<Response<RB>, BoxError>> },
+    }
+}
+
+impl<F, RB> std::fmt::Debug for ResponseFuture<F, RB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::First { .. } => "first attempt",
+            State::Boxed { .. } => "boxed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<F, RB, E> std::future::Future for ResponseFuture<F, RB>
+where
+    F: std::future::Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Boxed { fut } => return fut.as_mut().poll(cx),
+                StateProj::First { fut, then } => {
+                    let result = std::task::ready!(fut.poll(cx)).map_err(Into::into);
+                    let Some(then) = then.take() else {
+                        return Poll::Ready(result);
+                    };
+                    let class = classify_outcome(&*then.classify, then.inspect, then.info, &result);
+                    if !class.is_retryable() {
+                        return Poll::Ready(result);
+                    }
+                    State::Boxed {
+                        fut: (then.retry)(result),
+                    }
+                }
+            };
+            state.set(next);
+        }
+    }
+}
+
 impl<S, B, RB> tower::Service<Request<B>> for Retry<S>
 where
     S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
@@ -404,39 +556,77 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+    type Future = ResponseFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The first attempt uses the service that was made ready; retries use clones.
-        // One clone: the ready service goes into the future and serves every attempt.
+        let shared = &self.shared;
+        let stats = &shared.stats.0;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        // A route's own budget replaces the shared one.
+        let budget = match req.extensions().get::<crate::route::RouteBudget>() {
+            Some(route) => route.0.clone(),
+            None => shared.budget.clone(),
+        };
+        budget.deposit();
+        let per_try = shared.config.per_try_timeout;
+        let (mut parts, body) = req.into_parts();
+        let no_retry = parts.extensions.get::<NoRetry>().is_some();
+        if per_try.is_none() && (no_retry || body.is_end_stream()) {
+            // The first attempt goes in place, on the service made ready.
+            let (body, then) = if no_retry {
+                let body = ReplayBody::Streaming {
+                    prefix: None,
+                    inner: body,
+                };
+                (body, None)
+            } else {
+                let info = RequestInfo::new(&parts.method, &parts.headers);
+                prepare_head(&mut parts, info);
+                let classify = classifier_for(&parts.extensions, &shared.classify);
+                let retries = Retries {
+                    svc: self.inner.clone(),
+                    shared: shared.clone(),
+                    budget,
+                    classify: classify.clone(),
+                    info,
+                    parts: parts.clone(),
+                    deadline: parts.extensions.get::<Deadline>().copied(),
+                    replay: Replay::default(),
+                };
+                let then = ThenRetry {
+                    classify,
+                    inspect: shared.inspect,
+                    info,
+                    retry: Box::new(move |result| {
+                        Box::pin(retry_after_first(retries, result)) as BoxResponse<RB>
+                    }),
+                };
+                (Replay::default().body(), Some(then))
+            };
+            let fut = self.inner.call(Request::from_parts(parts, body));
+            return ResponseFuture {
+                state: State::First { fut, then },
+            };
+        }
+        // The ready service goes into the future and serves every attempt.
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        let shared = self.shared.clone();
-        Box::pin(async move {
+        let shared = shared.clone();
+        let fut = Box::pin(async move {
             let stats = &shared.stats.0;
-            stats.requests.fetch_add(1, Ordering::Relaxed);
-            // A route's own budget replaces the shared one.
-            let budget = match req.extensions().get::<crate::route::RouteBudget>() {
-                Some(route) => route.0.clone(),
-                None => shared.budget.clone(),
-            };
-            budget.deposit();
-            let info = RequestInfo::of(&req);
-            let (mut parts, body) = req.into_parts();
-            if parts.extensions.get::<NoRetry>().is_some() {
-                let req = Request::from_parts(
-                    parts,
-                    ReplayBody::Streaming {
-                        prefix: None,
-                        inner: body,
-                    },
-                );
-                return attempt_on(&mut ready, req, shared.config.per_try_timeout).await;
+            if no_retry {
+                let body = ReplayBody::Streaming {
+                    prefix: None,
+                    inner: body,
+                };
+                let req = Request::from_parts(parts, body);
+                return attempt_on(&mut ready, req, per_try).await;
             }
+            let info = RequestInfo::new(&parts.method, &parts.headers);
             let classify = classifier_for(&parts.extensions, &shared.classify);
             let content_length = parts
                 .headers
@@ -446,7 +636,6 @@ where
             let prepared = ReplayBody::prepare(body, content_length, shared.config.buffer_limit)
                 .await
                 .map_err(Into::into)?;
-            let per_try = shared.config.per_try_timeout;
             let replay = match prepared {
                 body::Prepared::Replayable(replay) => replay,
                 body::Prepared::Once(body) => {
@@ -458,48 +647,24 @@ where
                     return result;
                 }
             };
-            let deadline = parts.extensions.get::<Deadline>().copied();
-            // Retries avoid the endpoints earlier attempts used (the balancer reads this).
-            if parts
-                .extensions
-                .get::<crate::hedge::AvoidEndpoint>()
-                .is_none()
-            {
-                parts
-                    .extensions
-                    .insert(crate::hedge::AvoidEndpoint::default());
-            }
-            // A gRPC status that only the trailers of an empty body carry can still be retried
-            // if the breaker reads that far before handing the response on.
-            if info.grpc {
-                parts.extensions.insert(crate::classify::PeekTrailers);
-            }
-            let mut backoff = Backoff::new(shared.config.backoff);
+            prepare_head(&mut parts, info);
             let req = Request::from_parts(parts.clone(), replay.body());
-            let mut result = attempt_on(&mut ready, req, per_try).await;
-            let mut retries = 0;
-            loop {
-                let class = classify_outcome(&*classify, shared.inspect, info, &result);
-                if !class.is_retryable() {
-                    return result;
-                }
-                let wait = backoff.next_wait();
-                if !may_retry(&shared, &budget, retries, deadline, wait) {
-                    return result;
-                }
-                // Release the failed response (and its connection stream) before waiting.
-                drop(result);
-                retries += 1;
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(retries, ?wait, "retrying");
-                tokio::time::sleep(wait).await;
-                if let Some(d) = deadline {
-                    crate::deadline::propagate(&mut parts.headers, d);
-                }
-                let req = Request::from_parts(parts.clone(), replay.body());
-                result = attempt_on(&mut ready, req, per_try).await;
-            }
-        })
+            let result = attempt_on(&mut ready, req, per_try).await;
+            let retries = Retries {
+                svc: ready,
+                deadline: parts.extensions.get::<Deadline>().copied(),
+                shared,
+                budget,
+                classify,
+                info,
+                parts,
+                replay,
+            };
+            retry_after_first(retries, result).await
+        });
+        ResponseFuture {
+            state: State::Boxed { fut },
+        }
     }
 }
 

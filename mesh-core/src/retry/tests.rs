@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use std::convert::Infallible;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
-use tower::{service_fn, Layer};
+use tower::{service_fn, Layer, Service};
 
 /// What a backend answers to its `n`th call (0-based).
 #[derive(Clone, Copy)]
@@ -328,5 +328,53 @@ async fn mesh_made_responses_are_retried_only_when_safe_and_useful() {
         calls.load(Ordering::SeqCst),
         2 + 3,
         "one call, then three retries"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_nothing_to_buffer_is_sent_from_call_and_its_retry_avoids_the_first_endpoint(
+) {
+    use crate::hedge::AvoidEndpoint;
+    use std::net::SocketAddr;
+    // Each attempt "goes to" endpoint n, records it as the balancer would, and reports which
+    // endpoints the request's earlier attempts used.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::<Vec<SocketAddr>>::new()));
+    let (c, s) = (calls.clone(), seen.clone());
+    let backend = service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+        // Counted in `call`, not when the returned future is first polled.
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        let avoid = req.extensions().get::<AvoidEndpoint>().cloned();
+        s.lock().unwrap().push(
+            avoid
+                .as_ref()
+                .map(AvoidEndpoint::endpoints)
+                .unwrap_or_default(),
+        );
+        if let Some(avoid) = avoid {
+            avoid.record(SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16)));
+        }
+        let status = if n == 0 { 503 } else { 200 };
+        std::future::ready(Ok::<_, Infallible>(
+            Response::builder().status(status).body(()).unwrap(),
+        ))
+    });
+    let layer = Retry::layer(RetryConfig::default(), budget(10, 0.2));
+    let stats = layer.stats();
+    let mut svc = layer.layer(backend);
+    svc.ready().await.unwrap();
+    let fut = svc.call(get(b""));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the first attempt is sent in place, on the service made ready"
+    );
+    let rsp = fut.await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!((calls.load(Ordering::SeqCst), stats.retries()), (2, 1));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![vec![], vec![SocketAddr::from(([127, 0, 0, 1], 1000))]],
+        "the retry carries the hint the first attempt recorded its endpoint in"
     );
 }
