@@ -1567,7 +1567,7 @@ mod size_tests {
         assert!(stack <= 160, "the client stack is {stack} bytes");
         let future = size_of::<StackFuture>();
         assert!(
-            future <= 768,
+            future <= 512,
             "the client stack's response future is {future} bytes"
         );
     }

@@ -672,32 +672,56 @@ impl<K, S, C> Balance<K, S, C> {
     where
         K: Send + Sync + 'static,
         S: Service<Req> + Clone + Send + Sync + 'static,
-        C: Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        C: Classify<S::Response, S::Error>,
     {
         let state = match self.shared.try_pick(&mut self.rng, avoid) {
-            Picked::Member(in_flight) => State::Ready {
-                service: in_flight.member.service.clone(),
-                in_flight: Some(in_flight),
-                req: Some(req),
-            },
+            Picked::Member(mut in_flight) => {
+                let mut service = in_flight.member.service.clone();
+                // An endpoint that is ready now (the usual case) gets the request at once, so the
+                // future holds neither the request nor the service. Polling with a no-op waker
+                // is only a look: if it is not ready, the future polls the same service again
+                // with the caller's waker.
+                let mut look = Context::from_waker(std::task::Waker::noop());
+                match service.poll_ready(&mut look) {
+                    Poll::Ready(Ok(())) => State::Called {
+                        future: service.call(req),
+                        in_flight: Some(in_flight),
+                    },
+                    Poll::Ready(Err(e)) => {
+                        let mut result = Err(e);
+                        in_flight.complete(&mut result);
+                        State::Failed {
+                            error: result.err().map(Into::into),
+                        }
+                    }
+                    Poll::Pending => State::Ready {
+                        pending: Box::new(Readying {
+                            in_flight: Some(in_flight),
+                            service,
+                            req: Some(req),
+                        }),
+                    },
+                }
+            }
             Picked::Empty => {
                 let capacity = self.shared.common.queue_capacity;
                 if self.shared.waiting.fetch_add(1, Ordering::AcqRel) >= capacity {
                     self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
                     State::Failed {
-                        error: Some(Error::QueueFull { capacity }),
+                        error: Some(Error::QueueFull { capacity }.into()),
                     }
                 } else {
                     let slot = WaitSlot(self.shared.clone());
                     let rng = Rng::new(self.rng.next_u64());
                     State::Waiting {
                         wait: Box::pin(wait_for_endpoints(slot, rng)),
-                        req: Some(req),
+                        req: Some(Box::new(req)),
                     }
                 }
             }
             Picked::NoneAvailable { endpoints } => State::Failed {
-                error: Some(Error::NoneAvailable { endpoints }),
+                error: Some(Error::NoneAvailable { endpoints }.into()),
             },
         };
         ResponseFuture { state }
@@ -1092,8 +1116,11 @@ impl<K, S, C> Drop for InFlight<K, S, C> {
 // === impl ResponseFuture ===
 
 pin_project! {
-    /// The response of [`Balance`]: waits for an endpoint if the set is empty, then drives the chosen
-    /// endpoint's `ready()` and `call`, and records the outcome into its load.
+    /// The response of [`Balance`]: records the outcome into the chosen endpoint's load.
+    ///
+    /// An endpoint that is ready when it is chosen gets the request from [`Service::call`], so
+    /// this future holds only the endpoint's own future; otherwise it drives the endpoint's
+    /// `ready()` and then `call`, or first waits for an endpoint if the set is empty.
     pub struct ResponseFuture<K, S, C, Req>
     where
         S: Service<Req>,
@@ -1109,12 +1136,21 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        Failed { error: Option<Error> },
-        Waiting { wait: WaitFuture<K, S, C>, req: Option<Req> },
-        Ready { in_flight: Option<InFlight<K, S, C>>, service: S, req: Option<Req> },
+        Failed { error: Option<BoxError> },
+        // The set was empty: waits for an endpoint (rare, so the request is boxed).
+        Waiting { wait: WaitFuture<K, S, C>, req: Option<Box<Req>> },
+        // The chosen endpoint was not ready at once (rare, so this is boxed).
+        Ready { pending: Box<Readying<K, S, C, Req>> },
         Called { in_flight: Option<InFlight<K, S, C>>, #[pin] future: S::Future },
         Done,
     }
+}
+
+/// A request waiting for its chosen endpoint to be ready.
+struct Readying<K, S, C, Req> {
+    in_flight: Option<InFlight<K, S, C>>,
+    service: S,
+    req: Option<Req>,
 }
 
 impl<K, S, C, Req> Future for ResponseFuture<K, S, C, Req>
@@ -1134,16 +1170,18 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     this.state.set(State::Done);
-                    return Poll::Ready(Err(error.into()));
+                    return Poll::Ready(Err(error));
                 }
                 StateProj::Waiting { wait, req } => match ready!(wait.as_mut().poll(cx)) {
                     Ok(in_flight) => {
-                        let req = req.take();
+                        let req = req.take().map(|req| *req);
                         let service = in_flight.member.service.clone();
                         this.state.set(State::Ready {
-                            in_flight: Some(in_flight),
-                            service,
-                            req,
+                            pending: Box::new(Readying {
+                                in_flight: Some(in_flight),
+                                service,
+                                req,
+                            }),
                         });
                     }
                     Err(error) => {
@@ -1151,20 +1189,19 @@ where
                         return Poll::Ready(Err(error.into()));
                     }
                 },
-                StateProj::Ready {
-                    in_flight,
-                    service,
-                    req,
-                } => match ready!(service.poll_ready(cx)) {
+                StateProj::Ready { pending } => match ready!(pending.service.poll_ready(cx)) {
                     Ok(()) => {
-                        let req = req.take().expect("ResponseFuture polled after completion");
-                        let future = service.call(req);
-                        let in_flight = in_flight.take();
+                        let req = pending
+                            .req
+                            .take()
+                            .expect("ResponseFuture polled after completion");
+                        let future = pending.service.call(req);
+                        let in_flight = pending.in_flight.take();
                         this.state.set(State::Called { in_flight, future });
                     }
                     Err(e) => {
                         let mut result = Err(e);
-                        if let Some(mut in_flight) = in_flight.take() {
+                        if let Some(mut in_flight) = pending.in_flight.take() {
                             in_flight.complete(&mut result);
                         }
                         this.state.set(State::Done);

@@ -950,3 +950,90 @@ async fn a_retry_that_tried_every_available_endpoint_tries_an_ejected_one_before
     load(&lb, 2, 50).await;
     assert_eq!(back.calls(), calls);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_ready_endpoint_gets_the_request_from_call_and_the_future_does_not_hold_it() {
+    let (mut lb, tx) = balancer(config());
+    let backend = Backend::new(10);
+    insert(&tx, 0, Endpoint::new(backend.clone()));
+    settle(&lb, 1).await;
+    let fut = lb.ready().await.unwrap().call(1);
+    assert_eq!(backend.calls(), 1, "sent from call, before the first poll");
+    assert_eq!(fut.await.unwrap(), 200);
+    // Neither the request nor the endpoint's service sits inline in the future: a 1 KiB request
+    // leaves it the size of the endpoint's own future and the bookkeeping.
+    type Big = [u8; 1024];
+    type Svc = tower::util::ServiceFn<fn(Big) -> std::future::Ready<Result<u16, Infallible>>>;
+    let size = std::mem::size_of::<crate::ResponseFuture<usize, Svc, Http5xx, Big>>();
+    assert!(size < 128, "the balancer's future is {size} bytes");
+}
+
+/// An endpoint that is not ready until its gate opens (it keeps the last waker it was given).
+#[derive(Clone, Default)]
+struct Gated {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Gated {
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Service<u32> for Gated {
+    type Response = u16;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u16, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.open.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(200))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_not_ready_at_once_gets_the_request_when_ready_and_wakes_the_caller() {
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Change<usize, Endpoint<Gated>>, Infallible>>();
+    let mut lb = Balance::builder(config())
+        .classify(is_5xx as Http5xx)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    let gated = Gated::default();
+    tx.send(Ok(Change::Insert(0, Endpoint::new(gated.clone()))))
+        .unwrap();
+    for _ in 0..1000 {
+        if lb.len() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(lb.len(), 1);
+    let fut = lb.ready().await.unwrap().call(1);
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 0, "not ready: not sent");
+    let task = tokio::spawn(fut);
+    // Let the task poll once, so that the endpoint holds the task's waker, not the look's.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!task.is_finished());
+    gated.open();
+    let answer = tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the caller was woken when the endpoint became ready")
+        .unwrap();
+    assert_eq!(answer.unwrap(), 200);
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+}

@@ -528,13 +528,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let latency = this.start.elapsed();
+        // One clock read serves the latency and the stat window's bucket.
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(*this.start);
         let handles = &**this.handles;
         handles.metrics.latency.observe(latency);
         let rsp = match &result {
             Ok(rsp) => rsp,
             Err(_) => {
-                handles.record(Classification::Failure, None, latency, this.edge.take());
+                handles.record(
+                    Classification::Failure,
+                    None,
+                    latency,
+                    this.edge.take(),
+                    now,
+                );
                 return Poll::Ready(result);
             }
         };
@@ -550,13 +558,19 @@ where
             let handles = this.handles.clone();
             let edge = this.edge.take();
             late.on_class(move |class| {
-                handles.record(Classification::from(class), status, latency, edge);
+                handles.record(
+                    Classification::from(class),
+                    status,
+                    latency,
+                    edge,
+                    Instant::now(),
+                );
             });
             return Poll::Ready(result);
         } else {
             (handles.classify)(rsp.status(), rsp.headers())
         };
-        handles.record(class, status, latency, this.edge.take());
+        handles.record(class, status, latency, this.edge.take(), now);
         Poll::Ready(result)
     }
 }
@@ -564,7 +578,7 @@ where
 // === impl Handles ===
 
 impl Handles {
-    /// Records one response's class (its latency is recorded with its head).
+    /// Records one response's class (its latency is recorded with its head), as of `now`.
     #[inline]
     fn record(
         &self,
@@ -572,11 +586,12 @@ impl Handles {
         status: Option<u16>,
         latency: std::time::Duration,
         edge: Option<Arc<EdgeStats>>,
+        now: Instant,
     ) {
         self.metrics.responses.inc(class, status);
         let success = class.is_success();
         if let Some(stats) = &self.stats {
-            stats.record(latency, success);
+            stats.record_at(now, latency, success);
         }
         if let Some(edge) = &self.edge {
             edge.record(success);
