@@ -401,8 +401,10 @@ struct Retries<S> {
     budget: Budget,
     classify: SharedClassify,
     info: RequestInfo,
-    /// The first attempt's head, copied before it was sent.
+    /// The request's head, copied before the first attempt's was marked ([`mark_attempt`]).
     parts: http::request::Parts,
+    /// The avoid hint the first attempt carries, if this layer added it (the copy lacks it).
+    avoid: Option<crate::hedge::AvoidEndpoint>,
     replay: Replay,
     deadline: Option<Deadline>,
 }
@@ -422,6 +424,7 @@ where
     let per_try = shared.config.per_try_timeout;
     let mut backoff = Backoff::new(shared.config.backoff);
     let mut retries = 0;
+    mark_attempt(&mut r.parts, r.avoid.take(), r.info);
     loop {
         let class = classify_outcome(&*r.classify, shared.inspect, r.info, &result);
         if !class.is_retryable() {
@@ -460,21 +463,30 @@ struct ThenRetry<RB> {
     retry: StartRetries<RB>,
 }
 
-/// Marks a replayable request's head for its attempts: the avoid hint they share, and (for gRPC)
-/// trailer peeking.
-fn prepare_head(parts: &mut http::request::Parts, info: RequestInfo) {
-    // Retries avoid the endpoints earlier attempts used (the balancer reads this).
-    if parts
-        .extensions
-        .get::<crate::hedge::AvoidEndpoint>()
-        .is_none()
-    {
-        parts
-            .extensions
-            .insert(crate::hedge::AvoidEndpoint::default());
+/// The avoid hint a replayable request's attempts share: a new one, unless the request came
+/// with one.
+fn new_avoid_hint(parts: &http::request::Parts) -> Option<crate::hedge::AvoidEndpoint> {
+    match parts.extensions.get::<crate::hedge::AvoidEndpoint>() {
+        Some(_) => None,
+        None => Some(crate::hedge::AvoidEndpoint::default()),
     }
-    // A gRPC status that only the trailers of an empty body carry can still be retried if the
-    // breaker reads that far before handing the response on.
+}
+
+/// Marks an attempt's head: the avoid hint its request's attempts share (the balancer reads it,
+/// so a retry goes elsewhere) and, for gRPC, trailer peeking (a status that only the trailers of
+/// an empty body carry can then still be retried, as the breaker reads that far before handing
+/// the response on).
+///
+/// The retries' copy of the head is taken before the first attempt's is marked, and marked only
+/// when a retry is sent: one extension fewer to copy for the requests that never retry.
+fn mark_attempt(
+    parts: &mut http::request::Parts,
+    avoid: Option<crate::hedge::AvoidEndpoint>,
+    info: RequestInfo,
+) {
+    if let Some(avoid) = avoid {
+        parts.extensions.insert(avoid);
+    }
     if info.grpc {
         parts.extensions.insert(crate::classify::PeekTrailers);
     }
@@ -585,8 +597,8 @@ where
                 (body, None)
             } else {
                 let info = RequestInfo::new(&parts.method, &parts.headers);
-                prepare_head(&mut parts, info);
                 let classify = classifier_for(&parts.extensions, &shared.classify);
+                let avoid = new_avoid_hint(&parts);
                 let retries = Retries {
                     svc: self.inner.clone(),
                     shared: shared.clone(),
@@ -594,9 +606,11 @@ where
                     classify: classify.clone(),
                     info,
                     parts: parts.clone(),
+                    avoid: avoid.clone(),
                     deadline: parts.extensions.get::<Deadline>().copied(),
                     replay: Replay::default(),
                 };
+                mark_attempt(&mut parts, avoid, info);
                 let then = ThenRetry {
                     classify,
                     inspect: shared.inspect,
@@ -647,17 +661,20 @@ where
                     return result;
                 }
             };
-            prepare_head(&mut parts, info);
-            let req = Request::from_parts(parts.clone(), replay.body());
+            let avoid = new_avoid_hint(&parts);
+            let saved = parts.clone();
+            mark_attempt(&mut parts, avoid.clone(), info);
+            let req = Request::from_parts(parts, replay.body());
             let result = attempt_on(&mut ready, req, per_try).await;
             let retries = Retries {
                 svc: ready,
-                deadline: parts.extensions.get::<Deadline>().copied(),
+                deadline: saved.extensions.get::<Deadline>().copied(),
                 shared,
                 budget,
                 classify,
                 info,
-                parts,
+                parts: saved,
+                avoid,
                 replay,
             };
             retry_after_first(retries, result).await
