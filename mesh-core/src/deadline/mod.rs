@@ -208,19 +208,31 @@ fn from_headers(headers: &HeaderMap, now: Instant, stats: &StatsInner) -> Option
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(header = %name, error = %err, "ignoring malformed deadline header");
     };
-    if let Some(v) = headers.get(GRPC_TIMEOUT) {
+    // One pass over the headers, not three hashed lookups of names that are rarely there: a
+    // request carries a handful of headers, and hashing a custom name reads every byte of it.
+    let (mut grpc, mut envoy, mut l5d) = (None, None, None);
+    for (name, value) in headers {
+        if *name == GRPC_TIMEOUT {
+            grpc = grpc.or(Some(value));
+        } else if *name == ENVOY_EXPECTED_TIMEOUT {
+            envoy = envoy.or(Some(value));
+        } else if *name == L5D_CTX_DEADLINE {
+            l5d = l5d.or(Some(value));
+        }
+    }
+    if let Some(v) = grpc {
         match header::parse_grpc_timeout(v.as_bytes()) {
             Ok(d) => consider(now.checked_add(d)),
             Err(e) => malformed(&GRPC_TIMEOUT, e),
         }
     }
-    if let Some(v) = headers.get(ENVOY_EXPECTED_TIMEOUT) {
+    if let Some(v) = envoy {
         match header::parse_envoy_timeout_ms(v.as_bytes()) {
             Ok(d) => consider(now.checked_add(d)),
             Err(e) => malformed(&ENVOY_EXPECTED_TIMEOUT, e),
         }
     }
-    if let Some(v) = headers.get(L5D_CTX_DEADLINE) {
+    if let Some(v) = l5d {
         match header::parse_l5d_ctx_deadline(v.as_bytes()) {
             Ok((_timestamp, deadline_ns)) => {
                 let left = Duration::from_nanos(deadline_ns.saturating_sub(wall_now_ns()));

@@ -217,3 +217,31 @@ async fn a_deadline_after_a_huge_timeout_does_not_overflow() {
     assert!(!deadline.is_expired());
     assert!(deadline.remaining() > Duration::from_secs(86_400 * 365));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_header_among_many_is_found_and_its_first_value_counts() {
+    let seen = Arc::new(Seen::default());
+    let svc = Deadlines::layer(DeadlineConfig::default(), DeadlineStats::default())
+        .layer(backend(seen.clone(), Duration::from_millis(1)));
+    let mut req = req(&[]);
+    let headers = req.headers_mut();
+    for i in 0..40 {
+        headers.insert(
+            HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+    }
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    // Two values: the first is the one that counts (as `HeaderMap::get` reads it).
+    headers.append(GRPC_TIMEOUT, HeaderValue::from_static("250m"));
+    headers.append(GRPC_TIMEOUT, HeaderValue::from_static("5S"));
+    headers.insert(
+        HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+        HeaderValue::from_static("900"),
+    );
+    let start = Instant::now();
+    let rsp = svc.oneshot(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let deadline = seen.deadline.lock().unwrap().unwrap();
+    assert_eq!(deadline.at(), start + Duration::from_millis(250));
+}
