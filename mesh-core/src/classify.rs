@@ -63,7 +63,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use crate::error::{is_grpc, GRPC_STATUS};
+use crate::error::is_grpc;
 
 /// The class of one response (or error).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -547,7 +547,7 @@ impl GrpcClasses {
     }
 
     fn classify_headers(&self, headers: &HeaderMap) -> Option<Class> {
-        let value = headers.get(GRPC_STATUS)?;
+        let value = crate::error::grpc_status(headers)?;
         // An unparsable status is UNKNOWN (2) by the gRPC spec; classify it as a failure.
         Some(
             std::str::from_utf8(value.as_bytes())

@@ -668,7 +668,7 @@ where
                             // no extension (an allocation or three).
                             if !class.is_success()
                                 || rsp.status().is_server_error()
-                                || rsp.headers().contains_key(crate::error::GRPC_STATUS)
+                                || crate::error::grpc_status(rsp.headers()).is_some()
                             {
                                 rsp.extensions_mut().insert(ResponseClass(class));
                             }

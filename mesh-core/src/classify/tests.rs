@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::error::GRPC_STATUS;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http_body_util::{BodyExt, StreamBody};
@@ -243,4 +244,41 @@ fn default_error_kind_finds_refused_connections_in_the_chain() {
     assert_eq!(default_error_kind(&reset), ErrorKind::Other);
     let timeout = crate::error::Error::PerTryTimeout(std::time::Duration::from_secs(1));
     assert_eq!(default_error_kind(&timeout), ErrorKind::Timeout);
+}
+
+#[test]
+fn a_grpc_status_is_read_the_same_among_few_or_many_headers() {
+    // Few headers are scanned, many are looked up (`error::grpc_status`): both find the first
+    // value, and neither mistakes a similar name for it.
+    let c = Classifier::default();
+    for fillers in [0, 3, 15, 16, 17, 40] {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::HeaderName::from_static("grpc-status-details-bin"),
+            HeaderValue::from_static("x"),
+        );
+        for i in 0..fillers {
+            h.insert(
+                http::header::HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert_eq!(
+            c.classify_head(grpc(), StatusCode::OK, &h),
+            HeadClass::AwaitEos,
+            "{fillers} fillers, no status: decided by the trailers"
+        );
+        h.append(GRPC_STATUS, HeaderValue::from_static("14"));
+        h.append(GRPC_STATUS, HeaderValue::from_static("0"));
+        assert_eq!(
+            c.classify_head(grpc(), StatusCode::OK, &h),
+            HeadClass::Done(Class::RetryableFailure),
+            "{fillers} fillers"
+        );
+        assert_eq!(
+            crate::metrics::classify_default(StatusCode::OK, &h),
+            crate::metrics::Classification::Failure,
+            "{fillers} fillers"
+        );
+    }
 }

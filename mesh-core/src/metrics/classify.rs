@@ -7,8 +7,6 @@
 
 use http::{HeaderMap, StatusCode};
 
-use crate::error::GRPC_STATUS;
-
 /// Whether a response counts as a success or a failure in the golden metrics (the
 /// `classification` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,7 +42,7 @@ pub fn classify_default(status: StatusCode, headers: &HeaderMap) -> Classificati
     if status.is_server_error() {
         return Classification::Failure;
     }
-    match headers.get(GRPC_STATUS) {
+    match crate::error::grpc_status(headers) {
         Some(code) if code.as_bytes() != b"0" => Classification::Failure,
         _ => Classification::Success,
     }
