@@ -15,10 +15,14 @@
 //! ## Off the request path
 //!
 //! As in Linkerd 2, the per-endpoint [`Breaker`] service only classifies responses (with the shared
-//! [`Classify`](crate::classify::Classify), observing gRPC trailers through [`ClassifyBody`]) and `try_send`s the class on a
-//! bounded channel; a task per endpoint reads the channel, keeps the counts and flips the
-//! [`Health`]. A full channel drops the outcome and counts it ([`BreakerStats::dropped`]) rather
-//! than slow a request. The balancer reads `Health` with one atomic load per candidate.
+//! [`Classify`](crate::classify::Classify), observing gRPC trailers through [`ClassifyBody`]), and a
+//! task per endpoint decides and flips the [`Health`]. Each outcome is counted where it is
+//! classified: the consecutive failures and the success-rate window are atomics, shared with the
+//! task, with no lock. Only what the task must judge is `try_send`t on a bounded channel: a
+//! failure, and every outcome while the endpoint is ejected or probing. A success while the
+//! breaker is closed cannot trip a rule, so it does not wake the task. A full channel drops the
+//! message and counts it ([`BreakerStats::dropped`]) rather than slow a request; the outcome is
+//! still counted. The balancer reads `Health` with one atomic load per candidate.
 //!
 //! Outcomes that arrive while the endpoint is ejected (requests that were in flight, or panic-mode
 //! traffic) are discarded, including those still queued when the ejection ends; the first outcome
@@ -283,7 +287,8 @@ impl BreakerStats {
     pub fn failed_probes(&self) -> u64 {
         self.0.failed_probes.load(Ordering::Relaxed)
     }
-    /// Outcomes dropped because a breaker task's channel was full.
+    /// Messages to a breaker task dropped because its channel was full (their outcomes were still
+    /// counted).
     pub fn dropped(&self) -> u64 {
         self.0.dropped.load(Ordering::Relaxed)
     }
@@ -304,6 +309,8 @@ pub(crate) enum Verdict {
 #[derive(Clone, Debug)]
 pub struct Report {
     tx: mpsc::Sender<Verdict>,
+    /// The endpoint's counts, kept here; only what the task must judge goes on `tx`.
+    counts: Arc<task::Counts>,
     stats: BreakerStats,
     /// The endpoint's health, and whether this report comes after the response head: a failure
     /// known only then (gRPC trailers) is also charged to the balancer's cost through it.
@@ -325,6 +332,9 @@ impl Report {
     }
 
     fn send(&self, verdict: Verdict) {
+        if !self.counts.record(verdict) {
+            return;
+        }
         if self.tx.try_send(verdict).is_err() {
             self.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -417,7 +427,14 @@ impl BreakerLayer {
     /// Tokio runtime the task is spawned by the service's first `poll_ready` instead.
     pub fn layer<S>(&self, inner: S, health: Health) -> Breaker<S> {
         let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
-        let run = task::run(rx, health.clone(), self.config, self.stats.clone());
+        let counts = Arc::new(task::Counts::new(&self.config));
+        let run = task::run(
+            rx,
+            health.clone(),
+            self.config,
+            self.stats.clone(),
+            counts.clone(),
+        );
         let start = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 drop(runtime.spawn(run));
@@ -432,6 +449,7 @@ impl BreakerLayer {
             inner,
             report: Report {
                 tx,
+                counts,
                 stats: self.stats.clone(),
                 health,
                 late: false,

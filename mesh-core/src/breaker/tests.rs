@@ -607,3 +607,74 @@ async fn the_breaker_layer_is_a_plain_tower_layer() {
         .service(endpoint(status));
     send(&svc, 1).await;
 }
+
+/// Sends `n` requests back to back without letting the breaker task run (no yield between them).
+fn send_without_yielding<S>(svc: &S, n: usize)
+where
+    S: tower::Service<
+            Request<()>,
+            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
+            Error = BoxError,
+        > + Clone,
+{
+    for _ in 0..n {
+        let mut s = svc.clone();
+        let fut = s.call(Request::new(()));
+        futures_util::FutureExt::now_or_never(fut).unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn successes_while_closed_are_counted_without_waking_the_task() {
+    let status = Arc::new(AtomicU16::new(200));
+    let layer = Breaker::layer(BreakerConfig {
+        channel_capacity: 1,
+        ..Default::default()
+    });
+    let stats = layer.stats();
+    let svc = layer.layer(endpoint(status), Health::new());
+    // Sent to the task, a second success would not fit the channel: none is sent.
+    send_without_yielding(&svc, 50);
+    assert_eq!(stats.dropped(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_the_task_never_hears_of_still_resets_the_consecutive_failures() {
+    let status = Arc::new(AtomicU16::new(500));
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        success_rate: None,
+        ..Default::default()
+    });
+    let svc = layer.layer(endpoint(status.clone()), health.clone());
+    send(&svc, 6).await;
+    status.store(200, Ordering::SeqCst);
+    send(&svc, 1).await;
+    status.store(500, Ordering::SeqCst);
+    send(&svc, 6).await;
+    assert_eq!(
+        health.state(),
+        HealthState::Available,
+        "6 failures, a success, 6 failures: never 7 in a row"
+    );
+    send(&svc, 1).await;
+    assert_eq!(health.state(), HealthState::Ejected, "the 7th in a row");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_a_full_channel_drops_still_count_toward_the_trip() {
+    let status = Arc::new(AtomicU16::new(500));
+    let health = Health::new();
+    let layer = Breaker::layer(BreakerConfig {
+        success_rate: None,
+        channel_capacity: 1,
+        ..Default::default()
+    });
+    let stats = layer.stats();
+    let svc = layer.layer(endpoint(status), health.clone());
+    // Seven failures before the task runs: the channel holds one, the counts hold all seven.
+    send_without_yielding(&svc, 7);
+    assert_eq!(stats.dropped(), 6);
+    settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+}
