@@ -160,7 +160,8 @@ pub struct BreakerConfig {
     pub max_backoff: Duration,
     /// Jitter: each ejection lasts `b × (1 − jitter × u)`, `u` uniform in `[0, 1)` (0.5).
     pub jitter: f64,
-    /// Outcomes buffered between the endpoint and its breaker task (1024).
+    /// Messages buffered between the endpoint and its breaker task (1024): failures, and every
+    /// outcome while the endpoint is ejected or probing. Successes while closed are only counted.
     pub channel_capacity: usize,
     /// The ejection length, constant and jittered like the others, when the endpoint was ejected
     /// because its connections were refused (500 ms): such an endpoint is down, not struggling, so
