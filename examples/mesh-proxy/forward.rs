@@ -92,14 +92,45 @@ async fn splice(client: OnUpgrade, server: OnUpgrade) {
 static PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
 
-/// Removes the headers that concern one connection only; returns whether the request asks for
-/// an upgrade (whose `Connection` and `Upgrade` headers then stay, as the upgrade needs them).
+/// Whether `name` is one of the hop-by-hop headers a proxy never forwards (RFC 9110 §7.6.1, and
+/// the `Proxy-*` and `Keep-Alive` headers of older practice).
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHORIZATION
+        || name == PROXY_CONNECTION
+        || name == KEEP_ALIVE
+}
+
+/// Removes the headers that concern one connection only: the hop-by-hop headers and those the
+/// `Connection` header names (RFC 9110 §7.6.1). Returns whether the request asks for an upgrade
+/// (whose `Connection` and `Upgrade` headers then stay, as the upgrade needs them).
 fn strip_hop_by_hop(req: &mut Request<ProxyBody>) -> bool {
     let h = req.headers_mut();
+    // Most requests carry none of them: one pass over the names tells, where a lookup of each
+    // would hash every one of the seven names.
+    if !h.keys().any(is_hop_by_hop) {
+        return false;
+    }
     let upgrade = h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade"));
+    let listed: Vec<header::HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| header::HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        // `Upgrade` stays for an upgrade; `TE: trailers` stays whatever `Connection` says (a gRPC
+        // backend needs it), by the rule below.
+        .filter(|name| !(upgrade && *name == header::UPGRADE) && *name != header::TE)
+        .collect();
+    for name in listed {
+        h.remove(name);
+    }
     h.remove(&PROXY_CONNECTION);
     h.remove(header::PROXY_AUTHORIZATION);
     h.remove(&KEEP_ALIVE);

@@ -405,3 +405,58 @@ fn ca_init_and_issue_write_a_workload_certificate_for_the_identity() {
         "spiffe://example.org/ns/shop/sa/web"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_and_those_connection_names_stop_at_the_proxy() {
+    support::init_tracing();
+    // The backend answers with the names of the request headers it received.
+    let app = Backend::with_handler(
+        "app",
+        handler(|req, _| async move {
+            let mut names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+            names.sort_unstable();
+            http::Response::builder()
+                .header("x-seen", names.join(","))
+                .body(Full::new(Bytes::from_static(b"ok")))
+                .expect("response")
+        }),
+    )
+    .await;
+    let a = Proxy::start(
+        "a",
+        &format!(
+            "[outbound]\ndtab = \"/svc => /srv;\"\n[[service]]\nname = \"/srv/app\"\nendpoints = [\"{}\"]\n",
+            app.addr
+        ),
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(a.outbound)
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"GET http://app/ HTTP/1.1\r\nHost: app\r\nConnection: x-secret, keep-alive\r\n\
+          X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+          Proxy-Authorization: Basic eDp5\r\nX-Kept: 1\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let head = harness::read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-seen: "))
+        .unwrap_or_else(|| panic!("no x-seen in {head}"));
+    let seen: Vec<&str> = seen.split(',').collect();
+    assert!(seen.contains(&"x-kept"), "{seen:?}");
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !seen.contains(&gone),
+            "{gone} reached the backend: {seen:?}"
+        );
+    }
+}
