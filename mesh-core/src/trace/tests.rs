@@ -410,3 +410,29 @@ async fn unreachable_collector_counts_failed_spans() {
         Err(TraceError::Exporter { .. })
     ));
 }
+
+#[test]
+fn a_context_is_found_among_few_or_many_headers_and_none_is_made_up() {
+    // Small maps are scanned for the trace headers' names first, large ones looked up.
+    for fillers in [0usize, 5, 15, 16, 30] {
+        let mut h = HeaderMap::new();
+        for i in 0..fillers {
+            h.insert(
+                http::header::HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        assert!(extract(&h).is_none(), "{fillers} fillers, no trace id");
+        h.insert(
+            "x-b3-traceid",
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
+        let ctx = extract(&h).unwrap_or_else(|| panic!("{fillers} fillers"));
+        assert_eq!(ctx.format, Format::B3Multi);
+        h.remove("x-b3-traceid");
+        h.insert("traceparent", HeaderValue::from_static(TP));
+        let ctx = extract(&h).unwrap_or_else(|| panic!("{fillers} fillers"));
+        assert_eq!(ctx.format, Format::W3c);
+    }
+}
