@@ -420,7 +420,7 @@ impl<B, E: EndpointErrorKind> mesh_balance::Classify<http::Response<B>, E> for C
         if rsp.status().is_server_error() {
             return true;
         }
-        mesh_core::error::grpc_status(rsp.headers())
+        mesh_core::headers::first(rsp.headers(), &mesh_core::error::GRPC_STATUS)
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .and_then(|s| s.trim().parse::<u16>().ok())
             .is_some_and(|code| self.grpc.classify(code) != mesh_core::classify::Class::Success)

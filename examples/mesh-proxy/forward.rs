@@ -92,26 +92,25 @@ async fn splice(client: OnUpgrade, server: OnUpgrade) {
 static PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
 
-/// Whether `name` is one of the hop-by-hop headers a proxy never forwards (RFC 9110 §7.6.1, and
-/// the `Proxy-*` and `Keep-Alive` headers of older practice).
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHORIZATION
-        || name == PROXY_CONNECTION
-        || name == KEEP_ALIVE
-}
+/// The hop-by-hop headers a proxy never forwards (RFC 9110 §7.6.1, and the `Proxy-*` and
+/// `Keep-Alive` headers of older practice).
+static HOP_BY_HOP: [&header::HeaderName; 7] = [
+    &header::CONNECTION,
+    &header::UPGRADE,
+    &header::TE,
+    &header::TRANSFER_ENCODING,
+    &header::PROXY_AUTHORIZATION,
+    &PROXY_CONNECTION,
+    &KEEP_ALIVE,
+];
 
 /// Removes the headers that concern one connection only: the hop-by-hop headers and those the
 /// `Connection` header names (RFC 9110 §7.6.1). Returns whether the request asks for an upgrade
 /// (whose `Connection` and `Upgrade` headers then stay, as the upgrade needs them).
 fn strip_hop_by_hop(req: &mut Request<ProxyBody>) -> bool {
     let h = req.headers_mut();
-    // Most requests carry none of them: one pass over the names tells, where a lookup of each
-    // would hash every one of the seven names.
-    if !h.keys().any(is_hop_by_hop) {
+    // Most requests carry none of them: say so without a lookup per name.
+    if !meshwork::core::headers::contains_any(h, &HOP_BY_HOP) {
         return false;
     }
     let upgrade = h.contains_key(header::UPGRADE)

@@ -547,7 +547,7 @@ impl GrpcClasses {
     }
 
     fn classify_headers(&self, headers: &HeaderMap) -> Option<Class> {
-        let value = crate::error::grpc_status(headers)?;
+        let value = crate::headers::first(headers, &crate::error::GRPC_STATUS)?;
         // An unparsable status is UNKNOWN (2) by the gRPC spec; classify it as a failure.
         Some(
             std::str::from_utf8(value.as_bytes())

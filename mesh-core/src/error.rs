@@ -42,32 +42,6 @@ pub const L5D_ERR: HeaderName = HeaderName::from_static("l5d-err");
 /// The gRPC status header/trailer (`grpc-status`).
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-/// The first [`GRPC_STATUS`] value in `headers`, as `headers.get(GRPC_STATUS)` would return it.
-///
-/// Every layer that classifies a response asks for it, and most responses (anything not gRPC)
-/// have none. A map lookup hashes the name byte by byte first; a response head carries a handful
-/// of headers, and comparing their names is cheaper. Large maps still use the lookup.
-///
-/// ```
-/// use mesh_core::error::{grpc_status, GRPC_STATUS};
-///
-/// let mut headers = http::HeaderMap::new();
-/// headers.insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
-/// assert!(grpc_status(&headers).is_none());
-/// headers.append(GRPC_STATUS, "14".parse().unwrap());
-/// headers.append(GRPC_STATUS, "0".parse().unwrap());
-/// assert_eq!(grpc_status(&headers).unwrap(), "14");
-/// ```
-#[inline]
-pub fn grpc_status(headers: &http::HeaderMap) -> Option<&http::HeaderValue> {
-    if headers.len() > 16 {
-        return headers.get(GRPC_STATUS);
-    }
-    headers
-        .iter()
-        .find_map(|(name, value)| (*name == GRPC_STATUS).then_some(value))
-}
-
 /// The gRPC status message header/trailer (`grpc-message`).
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 

@@ -32,6 +32,7 @@ pub mod deadline;
 pub mod dtab;
 pub mod error;
 pub mod graph;
+pub mod headers;
 pub mod hedge;
 pub mod metrics;
 pub mod retry;

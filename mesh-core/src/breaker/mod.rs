@@ -687,7 +687,8 @@ where
                             // no extension (an allocation or three).
                             if !class.is_success()
                                 || rsp.status().is_server_error()
-                                || crate::error::grpc_status(rsp.headers()).is_some()
+                                || crate::headers::first(rsp.headers(), &crate::error::GRPC_STATUS)
+                                    .is_some()
                             {
                                 rsp.extensions_mut().insert(ResponseClass(class));
                             }

@@ -248,7 +248,7 @@ fn default_error_kind_finds_refused_connections_in_the_chain() {
 
 #[test]
 fn a_grpc_status_is_read_the_same_among_few_or_many_headers() {
-    // Few headers are scanned, many are looked up (`error::grpc_status`): both find the first
+    // Few headers are scanned, many are looked up (`headers::first`): both find the first
     // value, and neither mistakes a similar name for it.
     let c = Classifier::default();
     for fillers in [0, 3, 15, 16, 17, 40] {

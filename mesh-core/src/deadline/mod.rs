@@ -198,6 +198,13 @@ fn wall_now_ns() -> u64 {
 
 /// The deadline the request's headers ask for, counting malformed headers in `stats`.
 fn from_headers(headers: &HeaderMap, now: Instant, stats: &StatsInner) -> Option<Instant> {
+    // Most requests carry none of them: say so without a lookup per header.
+    if !crate::headers::contains_any(
+        headers,
+        &[&GRPC_TIMEOUT, &ENVOY_EXPECTED_TIMEOUT, &L5D_CTX_DEADLINE],
+    ) {
+        return None;
+    }
     let mut earliest: Option<Instant> = None;
     let mut consider = |t: Option<Instant>| {
         if let Some(t) = t {
@@ -208,31 +215,19 @@ fn from_headers(headers: &HeaderMap, now: Instant, stats: &StatsInner) -> Option
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(header = %name, error = %err, "ignoring malformed deadline header");
     };
-    // One pass over the headers, not three hashed lookups of names that are rarely there: a
-    // request carries a handful of headers, and hashing a custom name reads every byte of it.
-    let (mut grpc, mut envoy, mut l5d) = (None, None, None);
-    for (name, value) in headers {
-        if *name == GRPC_TIMEOUT {
-            grpc = grpc.or(Some(value));
-        } else if *name == ENVOY_EXPECTED_TIMEOUT {
-            envoy = envoy.or(Some(value));
-        } else if *name == L5D_CTX_DEADLINE {
-            l5d = l5d.or(Some(value));
-        }
-    }
-    if let Some(v) = grpc {
+    if let Some(v) = headers.get(GRPC_TIMEOUT) {
         match header::parse_grpc_timeout(v.as_bytes()) {
             Ok(d) => consider(now.checked_add(d)),
             Err(e) => malformed(&GRPC_TIMEOUT, e),
         }
     }
-    if let Some(v) = envoy {
+    if let Some(v) = headers.get(ENVOY_EXPECTED_TIMEOUT) {
         match header::parse_envoy_timeout_ms(v.as_bytes()) {
             Ok(d) => consider(now.checked_add(d)),
             Err(e) => malformed(&ENVOY_EXPECTED_TIMEOUT, e),
         }
     }
-    if let Some(v) = l5d {
+    if let Some(v) = headers.get(L5D_CTX_DEADLINE) {
         match header::parse_l5d_ctx_deadline(v.as_bytes()) {
             Ok((_timestamp, deadline_ns)) => {
                 let left = Duration::from_nanos(deadline_ns.saturating_sub(wall_now_ns()));

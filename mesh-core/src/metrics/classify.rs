@@ -42,7 +42,7 @@ pub fn classify_default(status: StatusCode, headers: &HeaderMap) -> Classificati
     if status.is_server_error() {
         return Classification::Failure;
     }
-    match crate::error::grpc_status(headers) {
+    match crate::headers::first(headers, &crate::error::GRPC_STATUS) {
         Some(code) if code.as_bytes() != b"0" => Classification::Failure,
         _ => Classification::Success,
     }
