@@ -8,7 +8,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use mesh_balance::HealthState;
 use std::sync::atomic::AtomicU16;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 /// An endpoint whose status the test sets.
 fn endpoint(
@@ -52,6 +52,22 @@ where
         rsp.into_body().collect().await.unwrap();
     }
     settle().await;
+}
+
+/// Sends `n` requests back to back without letting the breaker task run (no yield between them).
+fn send_without_yielding<S>(svc: &S, n: usize)
+where
+    S: tower::Service<
+            Request<()>,
+            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
+            Error = BoxError,
+        > + Clone,
+{
+    for _ in 0..n {
+        let mut s = svc.clone();
+        let fut = s.call(Request::new(()));
+        futures_util::FutureExt::now_or_never(fut).unwrap().unwrap();
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -293,11 +309,7 @@ async fn full_channel_drops_and_counts_outcomes() {
     let stats = layer.stats();
     let svc = layer.layer(endpoint(status), Health::new());
     // The task does not run between these calls (no yield): only one outcome fits.
-    for _ in 0..3 {
-        let mut s = svc.clone();
-        let fut = s.call(Request::new(()));
-        futures_util::FutureExt::now_or_never(fut).unwrap().unwrap();
-    }
+    send_without_yielding(&svc, 3);
     assert_eq!(stats.dropped(), 2);
 }
 
@@ -606,22 +618,6 @@ async fn the_breaker_layer_is_a_plain_tower_layer() {
         .layer(layer)
         .service(endpoint(status));
     send(&svc, 1).await;
-}
-
-/// Sends `n` requests back to back without letting the breaker task run (no yield between them).
-fn send_without_yielding<S>(svc: &S, n: usize)
-where
-    S: tower::Service<
-            Request<()>,
-            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
-            Error = BoxError,
-        > + Clone,
-{
-    for _ in 0..n {
-        let mut s = svc.clone();
-        let fut = s.call(Request::new(()));
-        futures_util::FutureExt::now_or_never(fut).unwrap().unwrap();
-    }
 }
 
 #[tokio::test(start_paused = true)]
