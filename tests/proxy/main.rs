@@ -430,24 +430,28 @@ async fn hop_by_hop_headers_and_those_connection_names_stop_at_the_proxy() {
         ),
     )
     .await;
-    let mut tcp = tokio::net::TcpStream::connect(a.outbound)
-        .await
-        .expect("connect");
-    tcp.write_all(
+    // The request header names the backend saw for one raw request.
+    let seen = |request: &'static [u8]| async move {
+        let mut tcp = tokio::net::TcpStream::connect(a.outbound)
+            .await
+            .expect("connect");
+        tcp.write_all(request).await.expect("write");
+        let head = harness::read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let seen = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-seen: "))
+            .unwrap_or_else(|| panic!("no x-seen in {head}"));
+        seen.split(',').map(str::to_owned).collect::<Vec<String>>()
+    };
+    let seen_names = seen(
         b"GET http://app/ HTTP/1.1\r\nHost: app\r\nConnection: x-secret, keep-alive\r\n\
           X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
           Proxy-Authorization: Basic eDp5\r\nX-Kept: 1\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let head = harness::read_head(&mut tcp).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let seen = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-seen: "))
-        .unwrap_or_else(|| panic!("no x-seen in {head}"));
-    let seen: Vec<&str> = seen.split(',').collect();
-    assert!(seen.contains(&"x-kept"), "{seen:?}");
+    .await;
+    let seen_names: Vec<&str> = seen_names.iter().map(String::as_str).collect();
+    assert!(seen_names.contains(&"x-kept"), "{seen_names:?}");
     for gone in [
         "x-secret",
         "keep-alive",
@@ -455,8 +459,22 @@ async fn hop_by_hop_headers_and_those_connection_names_stop_at_the_proxy() {
         "proxy-authorization",
     ] {
         assert!(
-            !seen.contains(&gone),
-            "{gone} reached the backend: {seen:?}"
+            !seen_names.contains(&gone),
+            "{gone} reached the backend: {seen_names:?}"
+        );
+    }
+    // A Connection header that lies: empty and malformed tokens, padding, a second line. The
+    // names that parse are dropped, the rest is ignored, and the request still goes through.
+    let lying = seen(
+        b"GET http://app/ HTTP/1.1\r\nHost: app\r\nConnection: ,, x-secret ,not a token\r\n\
+          Connection: x-other\r\nX-Secret: 1\r\nX-Other: 2\r\nX-Kept: 1\r\n\r\n",
+    )
+    .await;
+    assert!(lying.iter().any(|n| n == "x-kept"), "{lying:?}");
+    for gone in ["x-secret", "x-other", "connection"] {
+        assert!(
+            !lying.iter().any(|n| n == gone),
+            "{gone} reached the backend: {lying:?}"
         );
     }
 }
