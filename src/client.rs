@@ -77,7 +77,7 @@ use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_balance::Outcome;
-use mesh_balance::{Balance, Health, HealthState};
+use mesh_balance::{clock, Balance, Health, HealthState};
 use mesh_core::breaker::{
     Breaker, BreakerConfig, BreakerLayer, BreakerStats, HealthCheck, HealthCheckConfig,
 };
@@ -1427,6 +1427,8 @@ where
 
     #[inline]
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The layers' timings on the way down share one clock reading.
+        let _clock = clock::Scope::enter();
         let state = match self.absolutize(&mut req) {
             Ok(()) => FutureState::Sent {
                 fut: self.stack.call(req),
@@ -1459,9 +1461,12 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            FutureStateProj::Sent { fut, left_out } => fut
-                .poll(cx)
-                .map_err(|e| Error::from_boxed(e).naming_left_out(left_out)),
+            FutureStateProj::Sent { fut, left_out } => {
+                // The layers' timings on the way back share one clock reading.
+                let _clock = clock::Scope::enter();
+                fut.poll(cx)
+                    .map_err(|e| Error::from_boxed(e).naming_left_out(left_out))
+            }
             FutureStateProj::Failed { error } => {
                 Poll::Ready(Err(error.take().unwrap_or(Error::MissingAuthority)))
             }
@@ -1520,6 +1525,76 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::balance_weight;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use mesh_balance::clock;
+    use tower::{Service, ServiceExt};
+
+    /// Two readings of the mesh clock around a real pause of the thread.
+    fn two_readings() -> (tokio::time::Instant, tokio::time::Instant) {
+        let first = clock::now();
+        std::thread::sleep(Duration::from_millis(2));
+        (first, clock::now())
+    }
+
+    #[tokio::test]
+    async fn the_layers_of_one_call_and_of_one_poll_share_one_clock_reading() {
+        type Readings = Arc<Mutex<Vec<(tokio::time::Instant, tokio::time::Instant)>>>;
+        let calls: Readings = Arc::default();
+        let polls: Readings = Arc::default();
+        let (c, p) = (calls.clone(), polls.clone());
+        let discovery = mesh_discovery::Discovery::fixed([mesh_discovery::Endpoint::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+        )])
+        .expect("a fixed set");
+        let mut client = super::ClientBuilder::new(discovery)
+            .name("clock-test")
+            .transport(move |_| {
+                let (calls, polls) = (c.clone(), p.clone());
+                tower::util::BoxCloneSyncService::new(tower::service_fn(
+                    move |_: http::Request<super::Body>| {
+                        // In the transport's `call`, below every layer of the client's `call`.
+                        calls.lock().expect("lock").push(two_readings());
+                        let polls = polls.clone();
+                        async move {
+                            // In its future's first poll, below every layer's poll.
+                            polls.lock().expect("lock").push(two_readings());
+                            Ok::<_, super::BoxError>(http::Response::new(super::Body::default()))
+                        }
+                    },
+                ))
+            })
+            .build::<super::Body>()
+            .expect("client");
+        // Once the endpoint is in the set, each request is called through in `call` (a request
+        // that waits for the set is called through in its future's poll, in that poll's scope).
+        while client.endpoints().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..2 {
+            let req = http::Request::get("http://clock.test/")
+                .body(super::Body::default())
+                .expect("request");
+            let rsp = client.ready().await.expect("ready").call(req).await;
+            assert_eq!(rsp.expect("response").status(), 200);
+        }
+        let calls = calls.lock().expect("lock").clone();
+        let polls = polls.lock().expect("lock").clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(polls.len(), 2);
+        for (first, second) in calls.iter().chain(&polls) {
+            assert_eq!(
+                first, second,
+                "a reading shared within the call or the poll"
+            );
+        }
+        // Each scope ends with its call or poll: the next one reads the clock afresh.
+        assert!(polls[0].0 >= calls[0].0 + Duration::from_millis(2));
+        assert!(calls[1].0 >= polls[0].0 + Duration::from_millis(2));
+        assert!(polls[1].0 >= calls[1].0 + Duration::from_millis(2));
+        assert!(clock::now() >= polls[1].0 + Duration::from_millis(2));
+    }
 
     #[test]
     fn weights_scale_and_keep_positive_weights_positive() {

@@ -98,6 +98,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use mesh_core::clock;
 use mesh_core::dtab::{BoundName, Dtab, DtabError, InetNamer, Namer, Path, Resolution};
 use mesh_core::metrics::Succession;
 use mesh_core::route::{NewLeafService, RouteError, RouteTable, Router, Routing, L5D_ERR};
@@ -351,6 +352,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> ResponseFuture {
+        // One clock reading for the router's layers and the leaf client's (see `clock`).
+        let _clock = clock::Scope::enter();
         ResponseFuture {
             inner: self.router.call(req.map(boxed)),
         }
@@ -375,6 +378,7 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _clock = clock::Scope::enter();
         Poll::Ready(match std::task::ready!(self.project().inner.poll(cx)) {
             Ok(rsp) => Ok(rsp),
             Err(error) => match error.downcast::<RouteError>() {

@@ -14,13 +14,15 @@
 //! - [`classify`]: which outcomes are failures;
 //! - [`latency`]: the set's observed p50/p95/p99, for retry and hedging decisions;
 //! - [`report`]: server-reported load (ORCA's `endpoint-load-metrics`), written and read;
-//! - [`config`]: every knob with its default and origin; [`error`]: typed errors.
+//! - [`config`]: every knob with its default and origin; [`error`]: typed errors;
+//! - [`clock`]: one clock reading shared by the layers a call or a poll passes through.
 //!
 //! The design is Finagle's `p2cPeakEwma` balancer as Linkerd 2 runs it (defaults: 30 ms default RTT,
 //! 10 s decay), plus Envoy's panic threshold and outlier-ejection split. `benches/lb_quality.rs` in the
 //! `meshwork` crate compares it with tower's p2c, round robin and random on a simulated fleet.
 
 pub mod classify;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod ewma;

@@ -248,7 +248,7 @@ impl<C> Common<C> {
     #[inline]
     fn now_ns(&self) -> u64 {
         u64::try_from(
-            Instant::now()
+            crate::clock::now()
                 .saturating_duration_since(self.base)
                 .as_nanos(),
         )

@@ -22,12 +22,14 @@
 //! | [`stat`] | `linkerd viz stat`-style success, RPS and latency percentiles over a sliding window |
 //! | [`trace`] | W3C and B3 trace context, server and client spans, OTLP export |
 //! | [`graph`] | the observed service graph, as JSON and Graphviz DOT |
+//! | [`clock`] | one clock reading shared by the layers a call or a poll passes through (from `mesh-balance`) |
 //!
 //! Every layer can be used on its own in a `tower::ServiceBuilder`; the `meshwork` facade crate
 //! stacks them in the order above.
 
 pub mod breaker;
 pub mod classify;
+pub use mesh_balance::clock;
 pub mod deadline;
 pub mod dtab;
 pub mod error;

@@ -56,7 +56,7 @@ impl Counts {
             self.refused.store(refused, Ordering::Relaxed);
         }
         if let Some(w) = &self.window {
-            w.record(Instant::now(), failed);
+            w.record(mesh_balance::clock::now(), failed);
         }
         failed || !closed
     }

@@ -197,14 +197,17 @@ fn wall_now_ns() -> u64 {
 }
 
 /// The deadline the request's headers ask for, counting malformed headers in `stats`.
-fn from_headers(headers: &HeaderMap, now: Instant, stats: &StatsInner) -> Option<Instant> {
-    // Most requests carry none of them: say so without a lookup per header.
-    if !crate::headers::contains_any(
+/// Whether any deadline header is present. Most requests carry none: this says so without a
+/// lookup per header.
+fn carries_deadline(headers: &HeaderMap) -> bool {
+    crate::headers::contains_any(
         headers,
         &[&GRPC_TIMEOUT, &ENVOY_EXPECTED_TIMEOUT, &L5D_CTX_DEADLINE],
-    ) {
-        return None;
-    }
+    )
+}
+
+/// The earliest deadline the headers give (the caller checked [`carries_deadline`]).
+fn from_headers(headers: &HeaderMap, now: Instant, stats: &StatsInner) -> Option<Instant> {
     let mut earliest: Option<Instant> = None;
     let mut consider = |t: Option<Instant>| {
         if let Some(t) = t {
@@ -320,17 +323,23 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let now = Instant::now();
         let mut earliest = req.extensions().get::<Deadline>().map(|d| d.0);
         let route = req
             .extensions()
             .get::<RouteTimeout>()
             .map(|t| t.0)
             .or(self.config.route_timeout);
+        let read_headers = self.config.read_headers && carries_deadline(req.headers());
+        if earliest.is_none() && route.is_none() && !read_headers {
+            // No deadline to enforce, nor a clock reading to take.
+            return ResponseFuture::Passthrough {
+                inner: self.inner.call(req),
+            };
+        }
+        let now = Instant::now();
         for t in [
             route.and_then(|r| now.checked_add(r)),
-            self.config
-                .read_headers
+            read_headers
                 .then(|| from_headers(req.headers(), now, &self.stats.0))
                 .flatten(),
         ]

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use http::{Extensions, HeaderMap, Request, Response};
+use mesh_balance::clock;
 use pin_project_lite::pin_project;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -509,7 +510,7 @@ where
             destination.source(source(req.headers(), req.extensions()))
         });
         ResponseFuture {
-            start: Instant::now(),
+            start: clock::now(),
             inner: self.inner.call(req),
             handles: self.handles.clone(),
             edge,
@@ -528,8 +529,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        // One clock read serves the latency and the stat window's bucket.
-        let now = Instant::now();
+        // One clock read serves the latency and the stat window's bucket (the reading the
+        // facade's scope shares with the layers below, when there is one).
+        let now = clock::now();
         let latency = now.saturating_duration_since(*this.start);
         let handles = &**this.handles;
         handles.metrics.latency.observe(latency);
@@ -563,7 +565,7 @@ where
                     status,
                     latency,
                     edge,
-                    Instant::now(),
+                    clock::now(),
                 );
             });
             return Poll::Ready(result);

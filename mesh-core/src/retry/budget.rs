@@ -235,7 +235,7 @@ impl Budget {
     }
 
     fn epoch(&self) -> u64 {
-        let elapsed = Instant::now().saturating_duration_since(self.0.start);
+        let elapsed = mesh_balance::clock::now().saturating_duration_since(self.0.start);
         u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.0.slot_ns
     }
 

@@ -53,7 +53,7 @@ impl ServiceStats {
     /// Records one request's latency and outcome, now.
     #[inline]
     pub fn record(&self, latency: Duration, success: bool) {
-        self.record_at(Instant::now(), latency, success);
+        self.record_at(mesh_balance::clock::now(), latency, success);
     }
 
     /// Records one request's latency and outcome as of `now`.
