@@ -225,7 +225,8 @@ impl Shared {
 
     /// The most recently used idle connection that has not expired.
     fn checkout(&self) -> Option<Conn> {
-        let now = Instant::now();
+        // Idle timeouts are seconds long: the reading the request's layers share will do.
+        let now = mesh_balance::clock::now();
         let mut idle = self.lock();
         let entry = idle.pop()?;
         if self.expired(&entry, now) {
@@ -250,7 +251,7 @@ impl Shared {
         }
         self.lock().push(Idle {
             conn,
-            since: Instant::now(),
+            since: mesh_balance::clock::now(),
         });
         if let Some(timeout) = self.idle_timeout {
             if !self.reaping.swap(true, Ordering::AcqRel) {
