@@ -60,9 +60,12 @@
 //! - per-endpoint load (estimate, pending count) is in atomics on the endpoint, never behind a global
 //!   lock; `call` picks and increments `pending` at once, and a guard decrements it when the response
 //!   future completes *or is dropped*, so cancellation cannot leak load;
-//! - the endpoint services are `Clone` (a connection handle, typically): the chosen one is cloned into
-//!   the response future, which drives its `ready()` and `call`. The balancer's own `poll_ready` is
-//!   always ready.
+//! - the endpoint services are `Clone` (a connection handle, typically). Each endpoint keeps one
+//!   instance that a request calls in place, under a lock held only for its `poll_ready` and `call`
+//!   and only taken with `try_lock`: while another request holds it, or when it is not ready at
+//!   once, the request gets a clone, whose readiness its response future drives. Cloning a
+//!   meshwork endpoint's stack costs about ten reference-count updates and as many on its drop, so
+//!   the usual request makes none. The balancer's own `poll_ready` is always ready.
 //!
 //! **Empty set.** When the set is empty, a request waits in a bounded queue
 //! ([`Config::queue_capacity`], default 1024, Envoy's pending cap) for at most
@@ -133,7 +136,8 @@ use crate::latency::{LatencyHistogram, LatencySummary};
 /// ```
 #[derive(Clone, Debug)]
 pub struct Endpoint<S> {
-    /// The endpoint's service (cloned into each request sent to it).
+    /// The endpoint's service. The balancer keeps one clone of it that requests call in place,
+    /// and clones it again for a request only while that one is in use or not ready.
     pub service: S,
     /// Relative share: the cost is divided by it. `0` drains the endpoint. Default 1.
     pub weight: u32,
@@ -259,7 +263,11 @@ impl<C> Common<C> {
 /// One endpoint in a snapshot.
 struct Member<K, S, C> {
     key: K,
+    /// Cloned for a request that cannot use `own`.
     service: S,
+    /// The instance requests call in place (see the module docs): a clone of `service`, made
+    /// by the first request that finds it missing.
+    own: std::sync::Mutex<Option<S>>,
     weight: u32,
     /// `1 / weight`, or 1 for a drained endpoint (only used when everything is drained).
     inv_weight: f64,
@@ -485,6 +493,7 @@ fn apply<K, S, C>(
             };
             let member = Arc::new(Member {
                 key: key.clone(),
+                own: std::sync::Mutex::new(None),
                 service: ep.service,
                 weight: ep.weight,
                 inv_weight: if ep.weight == 0 {
@@ -677,6 +686,36 @@ impl<K, S, C> Balance<K, S, C> {
     {
         let state = match self.shared.try_pick(&mut self.rng, avoid) {
             Picked::Member(mut in_flight) => {
+                // The endpoint's own instance, if no other request is in it and it is ready.
+                // Busy (another request, perhaps on this very thread) or poisoned by a panic
+                // inside it, it is left alone: the request gets a clone, as tower does.
+                let called = match in_flight.member.own.try_lock() {
+                    Ok(mut own) => {
+                        let own = own.get_or_insert_with(|| in_flight.member.service.clone());
+                        call_if_ready(own, req)
+                    }
+                    Err(_) => Err(req),
+                };
+                let req = match called {
+                    Ok(Ok(future)) => {
+                        return ResponseFuture {
+                            state: State::Called {
+                                future,
+                                in_flight: Some(in_flight),
+                            },
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let mut result = Err(e);
+                        in_flight.complete(&mut result);
+                        return ResponseFuture {
+                            state: State::Failed {
+                                error: result.err().map(Into::into),
+                            },
+                        };
+                    }
+                    Err(req) => req,
+                };
                 let mut service = in_flight.member.service.clone();
                 // An endpoint that is ready now (the usual case) gets the request at once, so the
                 // future holds neither the request nor the service. Polling with a no-op waker
@@ -725,6 +764,20 @@ impl<K, S, C> Balance<K, S, C> {
             },
         };
         ResponseFuture { state }
+    }
+}
+
+/// Calls `service` if a look (a no-op waker) finds it ready; else hands the request back.
+#[inline]
+fn call_if_ready<S, Req>(service: &mut S, req: Req) -> Result<Result<S::Future, S::Error>, Req>
+where
+    S: Service<Req>,
+{
+    let mut look = Context::from_waker(std::task::Waker::noop());
+    match service.poll_ready(&mut look) {
+        Poll::Ready(Ok(())) => Ok(Ok(service.call(req))),
+        Poll::Ready(Err(e)) => Ok(Err(e)),
+        Poll::Pending => Err(req),
     }
 }
 

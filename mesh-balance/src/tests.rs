@@ -1037,3 +1037,108 @@ async fn an_endpoint_not_ready_at_once_gets_the_request_when_ready_and_wakes_the
     assert_eq!(answer.unwrap(), 200);
     assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
 }
+
+/// An endpoint that counts its clones and its calls; with a balancer handle in it, each call
+/// first sends one request of its own through that balancer (a re-entrant call).
+#[derive(Default)]
+struct Counted {
+    clones: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+    nested: Arc<std::sync::Mutex<Option<Balance<usize, Counted, Http5xx>>>>,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            clones: self.clones.clone(),
+            calls: self.calls.clone(),
+            nested: self.nested.clone(),
+        }
+    }
+}
+
+impl Service<u32> for Counted {
+    type Response = u16;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<u16, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let nested = self.nested.lock().unwrap().clone();
+        // Sent from inside this call, to this endpoint again: its instance is in use.
+        let inner = match (req, nested) {
+            (1, Some(mut lb)) => Some(lb.call(0)),
+            _ => None,
+        };
+        Box::pin(async move {
+            if let Some(inner) = inner {
+                assert_eq!(inner.await.expect("the nested request"), 200);
+            }
+            Ok(200)
+        })
+    }
+}
+
+type CountedTx = mpsc::UnboundedSender<Result<Change<usize, Endpoint<Counted>>, Infallible>>;
+
+async fn counted_balancer(endpoint: &Counted) -> (Balance<usize, Counted, Http5xx>, CountedTx) {
+    let (tx, rx) =
+        mpsc::unbounded_channel::<Result<Change<usize, Endpoint<Counted>>, Infallible>>();
+    let lb = Balance::builder(config())
+        .classify(is_5xx as Http5xx)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    tx.send(Ok(Change::Insert(0, Endpoint::new(endpoint.clone()))))
+        .unwrap();
+    for _ in 0..1000 {
+        if lb.len() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(lb.len(), 1);
+    (lb, tx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_call_the_endpoint_s_own_instance_without_cloning_it() {
+    let endpoint = Counted::default();
+    let (mut lb, _tx) = counted_balancer(&endpoint).await;
+    let at_insert = endpoint.clones.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(lb.ready().await.unwrap().call(0).await.unwrap(), 200);
+    }
+    assert_eq!(endpoint.calls.load(Ordering::SeqCst), 100);
+    assert_eq!(
+        endpoint.clones.load(Ordering::SeqCst),
+        at_insert + 1,
+        "one clone, the instance the first request made; none per request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_while_the_endpoint_s_instance_is_in_use_gets_a_clone_and_no_deadlock() {
+    let endpoint = Counted::default();
+    let (mut lb, _tx) = counted_balancer(&endpoint).await;
+    // The endpoint's instance exists once a request has been sent.
+    assert_eq!(lb.ready().await.unwrap().call(0).await.unwrap(), 200);
+    *endpoint.nested.lock().unwrap() = Some(lb.clone());
+    let at_start = endpoint.clones.load(Ordering::SeqCst);
+    // Request 1's call sends request 0 to the same endpoint from inside the held instance.
+    let answer = tokio::time::timeout(Duration::from_secs(1), lb.ready().await.unwrap().call(1))
+        .await
+        .expect("no deadlock");
+    assert_eq!(answer.unwrap(), 200);
+    assert_eq!(endpoint.calls.load(Ordering::SeqCst), 3, "both were sent");
+    assert_eq!(
+        endpoint.clones.load(Ordering::SeqCst),
+        at_start + 1,
+        "the nested one used a clone"
+    );
+    endpoint.nested.lock().unwrap().take();
+}
