@@ -309,16 +309,23 @@ pub(crate) enum Verdict {
 /// Sends one outcome to the breaker task, without waiting.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// Where outcomes go: one reference count to copy into each request's future, not four.
+    to: Arc<ReportTo>,
+    /// Whether this report comes after the response head: a failure known only then (gRPC
+    /// trailers) is also charged to the balancer's cost, through the endpoint's health.
+    late: bool,
+    /// Layers above waiting for a class known only at the end of the body (metrics).
+    late_class: Option<LateClass>,
+}
+
+/// What every [`Report`] of one endpoint shares.
+#[derive(Debug)]
+struct ReportTo {
     tx: mpsc::Sender<Verdict>,
     /// The endpoint's counts, kept here; only what the task must judge goes on `tx`.
     counts: Arc<task::Counts>,
     stats: BreakerStats,
-    /// The endpoint's health, and whether this report comes after the response head: a failure
-    /// known only then (gRPC trailers) is also charged to the balancer's cost through it.
     health: Health,
-    late: bool,
-    /// Layers above waiting for a class known only at the end of the body (metrics).
-    late_class: Option<LateClass>,
 }
 
 impl Report {
@@ -333,11 +340,12 @@ impl Report {
     }
 
     fn send(&self, verdict: Verdict) {
-        if !self.counts.record(verdict) {
+        let to = &*self.to;
+        if !to.counts.record(verdict) {
             return;
         }
-        if self.tx.try_send(verdict).is_err() {
-            self.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
+        if to.tx.try_send(verdict).is_err() {
+            to.stats.0.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -345,7 +353,7 @@ impl Report {
 impl OnClass for Report {
     fn on_class(self, class: Class) {
         if self.late && !class.is_success() {
-            self.health.report_late_failure();
+            self.to.health.report_late_failure();
         }
         self.send(Verdict::Class(class));
         if let Some(late_class) = self.late_class {
@@ -449,10 +457,12 @@ impl BreakerLayer {
             start,
             inner,
             report: Report {
-                tx,
-                counts,
-                stats: self.stats.clone(),
-                health,
+                to: Arc::new(ReportTo {
+                    tx,
+                    counts,
+                    stats: self.stats.clone(),
+                    health,
+                }),
                 late: false,
                 late_class: None,
             },
