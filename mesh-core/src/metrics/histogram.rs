@@ -36,7 +36,6 @@ pub struct LatencyHistogram {
 struct Inner {
     /// Per-bucket (not cumulative) counts; the last slot is the `+Inf` overflow.
     buckets: [AtomicU64; 14],
-    count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
@@ -51,14 +50,18 @@ impl LatencyHistogram {
             .iter()
             .position(|&bound| micros <= bound)
             .unwrap_or(BOUNDS_MICROS.len());
+        // No separate count: it is the buckets' sum, read off the request path.
         self.inner.buckets[idx].fetch_add(1, Ordering::Relaxed);
-        self.inner.count.fetch_add(1, Ordering::Relaxed);
         self.inner.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Number of latencies recorded.
     pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
+        self.inner
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Sum of the latencies recorded, in seconds.
