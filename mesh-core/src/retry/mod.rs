@@ -398,7 +398,8 @@ struct Retries<S> {
     /// A clone of the inner service; serves every retry (the first attempt used the ready one).
     svc: S,
     shared: Arc<Shared>,
-    budget: Budget,
+    /// The route's own budget, if it has one; else the layer's ([`Shared::budget`]).
+    route_budget: Option<Budget>,
     classify: SharedClassify,
     info: RequestInfo,
     /// The request's head, copied before the first attempt's was marked ([`mark_attempt`]).
@@ -431,7 +432,8 @@ where
             return result;
         }
         let wait = backoff.next_wait();
-        if !may_retry(&shared, &r.budget, retries, r.deadline, wait) {
+        let budget = r.route_budget.as_ref().unwrap_or(&shared.budget);
+        if !may_retry(&shared, budget, retries, r.deadline, wait) {
             return result;
         }
         // Release the failed response (and its connection stream) before waiting.
@@ -451,16 +453,41 @@ where
 /// A boxed response future.
 type BoxResponse<RB> = BoxFuture<'static, Result<Response<RB>, BoxError>>;
 
-/// Starts the retry loop after a retryable first attempt.
-type StartRetries<RB> = Box<dyn FnOnce(Result<Response<RB>, BoxError>) -> BoxResponse<RB> + Send>;
+/// The rest of a request whose first attempt went in place: its [`Retries`], boxed and with the
+/// service's type erased (the response future does not name it).
+type ThenRetry<RB> = Box<dyn PendingRetries<RB>>;
 
-/// The rest of a request whose first attempt went in place: how to classify that attempt, and
-/// the retry loop to start if it is retryable (boxed, with the service and the request's head).
-struct ThenRetry<RB> {
-    classify: SharedClassify,
-    inspect: ErrorInspector,
-    info: RequestInfo,
-    retry: StartRetries<RB>,
+/// What the response future asks of a request's set-aside [`Retries`].
+trait PendingRetries<RB>: Send {
+    /// The first attempt's outcome, by the request's classifier.
+    fn classify(&self, result: &Result<Response<RB>, BoxError>) -> Class;
+    /// Starts the retry loop after a retryable first attempt.
+    fn start(self: Box<Self>, result: Result<Response<RB>, BoxError>) -> BoxResponse<RB>;
+}
+
+/// [`Retries`] with the request body type its service takes.
+struct Pending<S, B> {
+    retries: Retries<S>,
+    _body: std::marker::PhantomData<fn(B)>,
+}
+
+impl<S, B, RB> PendingRetries<RB> for Pending<S, B>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    fn classify(&self, result: &Result<Response<RB>, BoxError>) -> Class {
+        let r = &self.retries;
+        classify_outcome(&*r.classify, r.shared.inspect, r.info, result)
+    }
+
+    fn start(self: Box<Self>, result: Result<Response<RB>, BoxError>) -> BoxResponse<RB> {
+        Box::pin(retry_after_first(self.retries, result))
+    }
 }
 
 /// The avoid hint a replayable request's attempts share: a new one, unless the request came
@@ -543,12 +570,11 @@ where
                     let Some(then) = then.take() else {
                         return Poll::Ready(result);
                     };
-                    let class = classify_outcome(&*then.classify, then.inspect, then.info, &result);
-                    if !class.is_retryable() {
+                    if !then.classify(&result).is_retryable() {
                         return Poll::Ready(result);
                     }
                     State::Boxed {
-                        fut: (then.retry)(result),
+                        fut: then.start(result),
                     }
                 }
             };
@@ -579,11 +605,11 @@ where
         let stats = &shared.stats.0;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         // A route's own budget replaces the shared one.
-        let budget = match req.extensions().get::<crate::route::RouteBudget>() {
-            Some(route) => route.0.clone(),
-            None => shared.budget.clone(),
-        };
-        budget.deposit();
+        let route_budget = req
+            .extensions()
+            .get::<crate::route::RouteBudget>()
+            .map(|route| route.0.clone());
+        route_budget.as_ref().unwrap_or(&shared.budget).deposit();
         let per_try = shared.config.per_try_timeout;
         let (mut parts, body) = req.into_parts();
         let no_retry = parts.extensions.get::<NoRetry>().is_some();
@@ -602,8 +628,8 @@ where
                 let retries = Retries {
                     svc: self.inner.clone(),
                     shared: shared.clone(),
-                    budget,
-                    classify: classify.clone(),
+                    route_budget,
+                    classify,
                     info,
                     parts: parts.clone(),
                     avoid: avoid.clone(),
@@ -611,14 +637,10 @@ where
                     replay: Replay::default(),
                 };
                 mark_attempt(&mut parts, avoid, info);
-                let then = ThenRetry {
-                    classify,
-                    inspect: shared.inspect,
-                    info,
-                    retry: Box::new(move |result| {
-                        Box::pin(retry_after_first(retries, result)) as BoxResponse<RB>
-                    }),
-                };
+                let then: ThenRetry<RB> = Box::new(Pending::<_, B> {
+                    retries,
+                    _body: std::marker::PhantomData,
+                });
                 (Replay::default().body(), Some(then))
             };
             let fut = self.inner.call(Request::from_parts(parts, body));
@@ -670,7 +692,7 @@ where
                 svc: ready,
                 deadline: saved.extensions.get::<Deadline>().copied(),
                 shared,
-                budget,
+                route_budget,
                 classify,
                 info,
                 parts: saved,
