@@ -72,11 +72,19 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 /// whenever another endpoint is available (Envoy's *previous hosts* predicate). The balancer reads
 /// and writes it through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
 ///
-/// One small lock per request, touched once per attempt; never shared between requests. The
-/// first three endpoints (a request and two retries or hedges) are kept without a further
-/// allocation.
+/// One small lock per request, taken when an attempt records its endpoint and when a later
+/// attempt asks about one; never shared between requests. While nothing is recorded (the first
+/// attempt's choice, the usual case) asking takes no lock. The first three endpoints (a request
+/// and two retries or hedges) are kept without a further allocation.
 #[derive(Clone, Debug, Default)]
-pub struct AvoidEndpoint(Arc<Mutex<SmallVec<[SocketAddr; 3]>>>);
+pub struct AvoidEndpoint(Arc<AvoidList>);
+
+#[derive(Debug, Default)]
+struct AvoidList {
+    /// How many endpoints `list` holds, readable without its lock.
+    len: std::sync::atomic::AtomicUsize,
+    list: Mutex<SmallVec<[SocketAddr; 3]>>,
+}
 
 // === impl AvoidEndpoint ===
 
@@ -84,8 +92,13 @@ impl AvoidEndpoint {
     fn endpoints_mut(&self) -> std::sync::MutexGuard<'_, SmallVec<[SocketAddr; 3]>> {
         // A panic while holding this lock cannot leave the list inconsistent.
         self.0
+            .list
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.len.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
     /// Records the endpoint chosen for an attempt; returns whether it was new.
@@ -95,17 +108,23 @@ impl AvoidEndpoint {
             return false;
         }
         list.push(endpoint);
+        self.0
+            .len
+            .store(list.len(), std::sync::atomic::Ordering::Release);
         true
     }
 
     /// The endpoint the first attempt went to, once one has been recorded.
     pub fn avoided(&self) -> Option<SocketAddr> {
+        if self.is_empty() {
+            return None;
+        }
         self.endpoints_mut().first().copied()
     }
 
     /// Whether an attempt went to `endpoint`.
     pub fn contains(&self, endpoint: SocketAddr) -> bool {
-        self.endpoints_mut().contains(&endpoint)
+        !self.is_empty() && self.endpoints_mut().contains(&endpoint)
     }
 
     /// Every endpoint attempts went to, in order.
@@ -464,6 +483,28 @@ mod tests {
     use crate::deadline::FixedLatency;
     use crate::retry::BudgetConfig;
     use crate::test_util::CountClones;
+
+    #[test]
+    fn an_avoid_hint_shared_by_clones_answers_before_and_after_its_first_record() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let b = SocketAddr::from(([127, 0, 0, 1], 2));
+        let hint = AvoidEndpoint::default();
+        let other_attempt = hint.clone();
+        assert!(!hint.contains(a));
+        assert_eq!(hint.avoided(), None);
+        assert!(hint.endpoints().is_empty());
+        // Recorded from another thread, as a hedge's attempt may be.
+        std::thread::spawn(move || assert!(other_attempt.record(a)))
+            .join()
+            .unwrap();
+        assert!(hint.contains(a));
+        assert!(!hint.contains(b));
+        assert_eq!(hint.avoided(), Some(a));
+        assert!(!hint.record(a), "already there");
+        assert!(hint.record(b));
+        assert_eq!(hint.endpoints(), vec![a, b]);
+        assert_eq!(hint.avoided(), Some(a), "still the first");
+    }
     use bytes::Bytes;
     use http::Method;
     use http_body_util::Full;
