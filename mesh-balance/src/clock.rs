@@ -31,6 +31,8 @@
 //! ```
 
 use std::cell::Cell;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -41,8 +43,26 @@ enum Cached {
     Off,
     /// A scope is open and has not read the clock yet.
     Open,
-    /// A scope is open and read the clock at this time.
-    At(Instant),
+    /// A scope is open and read the clock at this time (also as [`nanos`] of it).
+    At(Instant, u64),
+}
+
+/// The origin of [`nanos`]: ten years before the first use, so that every instant the process
+/// sees, a paused test clock's included, comes after it.
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+fn origin() -> Instant {
+    *ORIGIN.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(10 * 365 * 86_400))
+            .unwrap_or(now)
+    })
+}
+
+/// `at` in nanoseconds on one scale for the whole process (since a fixed origin in the past), for
+/// layers that keep time in integers: `nanos(b) - nanos(a)` is the time from `a` to `b`.
+pub fn nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(origin()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 thread_local! {
@@ -53,14 +73,28 @@ thread_local! {
 #[inline]
 pub fn now() -> Instant {
     CACHED.with(|cached| match cached.get() {
-        Cached::At(at) => at,
+        Cached::At(at, _) => at,
         Cached::Off => Instant::now(),
-        Cached::Open => {
-            let at = Instant::now();
-            cached.set(Cached::At(at));
-            at
-        }
+        Cached::Open => open(cached).0,
     })
+}
+
+/// [`now`] as [`nanos`]: within a [`Scope`], converted once with the reading.
+#[inline]
+pub fn now_ns() -> u64 {
+    CACHED.with(|cached| match cached.get() {
+        Cached::At(_, ns) => ns,
+        Cached::Off => nanos(Instant::now()),
+        Cached::Open => open(cached).1,
+    })
+}
+
+/// Takes an open scope's reading.
+fn open(cached: &Cell<Cached>) -> (Instant, u64) {
+    let at = Instant::now();
+    let ns = nanos(at);
+    cached.set(Cached::At(at, ns));
+    (at, ns)
 }
 
 /// An open scope: until it is dropped, every [`now`] on this thread shares one clock reading
@@ -86,7 +120,7 @@ impl Scope {
                 cached.set(Cached::Open);
                 true
             }
-            Cached::Open | Cached::At(_) => false,
+            Cached::Open | Cached::At(..) => false,
         });
         Self {
             opened,
@@ -184,6 +218,21 @@ mod tests {
         });
     }
 
+    #[test]
+    fn nanos_measure_the_time_between_instants_and_now_ns_is_now_s() {
+        let a = Instant::now();
+        let b = a + Duration::from_millis(1500);
+        assert_eq!(nanos(b) - nanos(a), 1_500_000_000);
+        assert!(nanos(a) > 0, "the origin is well before any instant");
+        scope(|| {
+            assert_eq!(now_ns(), nanos(now()));
+            pause();
+            assert_eq!(now_ns(), nanos(now()), "one reading, both ways");
+        });
+        let outside = now_ns();
+        assert!(outside >= nanos(a));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_paused_test_clock_is_honoured() {
         let a = now();
@@ -191,5 +240,6 @@ mod tests {
         assert_eq!(now() - a, Duration::from_secs(5));
         let b = scope(now);
         assert_eq!(b - a, Duration::from_secs(5));
+        assert_eq!(now_ns() - nanos(a), 5_000_000_000);
     }
 }

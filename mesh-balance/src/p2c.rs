@@ -238,7 +238,8 @@ pub struct EndpointStats<K> {
 struct Common<C> {
     classify: C,
     latency: LatencyHistogram,
-    base: Instant,
+    /// When the balancer was built, as [`crate::clock::nanos`].
+    base_ns: u64,
     decay_ns: f64,
     default_rtt_ns: f64,
     penalty: Penalty,
@@ -251,12 +252,7 @@ struct Common<C> {
 impl<C> Common<C> {
     #[inline]
     fn now_ns(&self) -> u64 {
-        u64::try_from(
-            crate::clock::now()
-                .saturating_duration_since(self.base)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        crate::clock::now_ns().saturating_sub(self.base_ns)
     }
 }
 
@@ -382,7 +378,7 @@ impl<C> Builder<C> {
         let common = Arc::new(Common {
             classify: self.classify,
             latency: LatencyHistogram::new(config.latency_half_life),
-            base: Instant::now(),
+            base_ns: crate::clock::nanos(Instant::now()),
             decay_ns: nanos(config.decay),
             default_rtt_ns: nanos(config.default_rtt),
             penalty: Penalty {

@@ -56,7 +56,7 @@ impl Counts {
             self.refused.store(refused, Ordering::Relaxed);
         }
         if let Some(w) = &self.window {
-            w.record(mesh_balance::clock::now(), failed);
+            w.record_ns(mesh_balance::clock::now_ns(), failed);
         }
         failed || !closed
     }
@@ -94,6 +94,8 @@ struct Bucket {
 struct RateWindow {
     config: SuccessRate,
     start: Instant,
+    /// `start` as [`mesh_balance::clock::nanos`].
+    start_ns: u64,
     /// When the window was last (re)started, in ns after `start`: at creation and on every
     /// restore.
     since_ns: AtomicU64,
@@ -104,9 +106,11 @@ struct RateWindow {
 impl RateWindow {
     fn new(config: SuccessRate) -> Self {
         let bucket_ns = config.window.as_nanos() / BUCKETS as u128;
+        let start = Instant::now();
         Self {
             config,
-            start: Instant::now(),
+            start,
+            start_ns: mesh_balance::clock::nanos(start),
             since_ns: AtomicU64::new(0),
             bucket_ns: u64::try_from(bucket_ns).unwrap_or(u64::MAX).max(1),
             buckets: Default::default(),
@@ -121,8 +125,14 @@ impl RateWindow {
         self.ns(now) / self.bucket_ns
     }
 
+    #[cfg(test)]
     fn record(&self, now: Instant, failed: bool) {
-        let epoch = self.epoch(now);
+        self.record_ns(mesh_balance::clock::nanos(now), failed);
+    }
+
+    /// [`Self::record`] at `now_ns` ([`mesh_balance::clock::nanos`] of now).
+    fn record_ns(&self, now_ns: u64, failed: bool) {
+        let epoch = now_ns.saturating_sub(self.start_ns) / self.bucket_ns;
         let tag = epoch.saturating_add(1);
         let b = &self.buckets[(epoch % BUCKETS as u64) as usize];
         let held = b.tag.load(Ordering::Acquire);

@@ -196,7 +196,8 @@ impl Counter {
 
 #[derive(Debug)]
 struct Inner {
-    start: Instant,
+    /// When the budget was made, as [`mesh_balance::clock::nanos`].
+    start_ns: u64,
     slot_ns: u64,
     slots: Box<[Slot]>,
     deposit: u64,
@@ -220,7 +221,7 @@ impl Budget {
         let window_secs = config.window.as_secs_f64();
         let reserve = (f64::from(config.min_per_sec) * window_secs * SCALE as f64).round() as u64;
         Ok(Self(Arc::new(Inner {
-            start: Instant::now(),
+            start_ns: mesh_balance::clock::nanos(Instant::now()),
             slot_ns: (window_ns / slots).max(1),
             // Epoch 0 is the first real epoch; mark every slot stale with u64::MAX.
             slots: (0..slots)
@@ -235,8 +236,7 @@ impl Budget {
     }
 
     fn epoch(&self) -> u64 {
-        let elapsed = mesh_balance::clock::now().saturating_duration_since(self.0.start);
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.0.slot_ns
+        mesh_balance::clock::now_ns().saturating_sub(self.0.start_ns) / self.0.slot_ns
     }
 
     /// The slot for the current epoch, marked with it if it held an older one (its counters
