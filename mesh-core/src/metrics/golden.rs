@@ -14,7 +14,6 @@ use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Unit;
-use tokio::time::Instant;
 
 use super::classify::{classify_default, Classification, ClassifyFn};
 use super::histogram::LatencyHistogram;
@@ -141,7 +140,8 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        start: Instant,
+        // When the request was sent, as `clock::nanos`.
+        start_ns: u64,
         handles: Arc<Handles>,
         edge: Option<Arc<EdgeStats>>,
     }
@@ -510,7 +510,7 @@ where
             destination.source(source(req.headers(), req.extensions()))
         });
         ResponseFuture {
-            start: clock::now(),
+            start_ns: clock::now_ns(),
             inner: self.inner.call(req),
             handles: self.handles.clone(),
             edge,
@@ -531,8 +531,8 @@ where
         let result = ready!(this.inner.poll(cx));
         // One clock read serves the latency and the stat window's bucket (the reading the
         // facade's scope shares with the layers below, when there is one).
-        let now = clock::now();
-        let latency = now.saturating_duration_since(*this.start);
+        let now = clock::now_ns();
+        let latency = std::time::Duration::from_nanos(now.saturating_sub(*this.start_ns));
         let handles = &**this.handles;
         handles.metrics.latency.observe(latency);
         let rsp = match &result {
@@ -565,7 +565,7 @@ where
                     status,
                     latency,
                     edge,
-                    clock::now(),
+                    clock::now_ns(),
                 );
             });
             return Poll::Ready(result);
@@ -588,12 +588,12 @@ impl Handles {
         status: Option<u16>,
         latency: std::time::Duration,
         edge: Option<Arc<EdgeStats>>,
-        now: Instant,
+        now_ns: u64,
     ) {
         self.metrics.responses.inc(class, status);
         let success = class.is_success();
         if let Some(stats) = &self.stats {
-            stats.record_at(now, latency, success);
+            stats.record_at_ns(now_ns, latency, success);
         }
         if let Some(edge) = &self.edge {
             edge.record(success);
@@ -617,7 +617,7 @@ impl From<crate::classify::Class> for Classification {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("start", &self.start)
+            .field("start_ns", &self.start_ns)
             .finish_non_exhaustive()
     }
 }

@@ -148,3 +148,28 @@ async fn table_and_json_have_linkerd_columns() {
     assert_eq!(json["rows"][1]["requests"], 1);
     assert_eq!(json["rows"][1]["success_rate"], 1.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_time_given_as_an_instant_or_as_clock_nanoseconds_lands_in_the_same_period() {
+    let stats = Stats::new(StatConfig::default()).unwrap();
+    let svc = stats.service("books");
+    let start = Instant::now();
+    svc.record_at(start, Duration::from_millis(5), false);
+    svc.record_at_ns(
+        mesh_balance::clock::nanos(start),
+        Duration::from_millis(5),
+        true,
+    );
+    let later = start + Duration::from_secs(70);
+    svc.record_at_ns(
+        mesh_balance::clock::nanos(later),
+        Duration::from_millis(5),
+        true,
+    );
+    advance(Duration::from_secs(1)).await;
+    let row = svc.row("books", Instant::now());
+    assert_eq!(row.requests, 2, "the two at the start, not the one 70 s on");
+    assert_eq!(row.success_rate, Some(0.5));
+    let row = svc.row("books", later);
+    assert_eq!(row.requests, 1, "70 s on, only that one is in the window");
+}

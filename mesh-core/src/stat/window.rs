@@ -16,6 +16,8 @@ const LATENCY_BUCKETS: usize = 108;
 /// [`ServiceStats::record`] per request.
 pub struct ServiceStats {
     created: Instant,
+    /// `created` as [`mesh_balance::clock::nanos`].
+    created_ns: u64,
     bucket_nanos: u64,
     slots: Box<[Slot]>,
 }
@@ -37,28 +39,38 @@ impl ServiceStats {
             .max(1);
         let full = u64::try_from(config.window.as_nanos() / u128::from(bucket_nanos)).unwrap_or(1);
         let count = usize::try_from(full).unwrap_or(600).clamp(1, 600) + 1;
+        let created = Instant::now();
         Self {
-            created: Instant::now(),
+            created,
+            created_ns: mesh_balance::clock::nanos(created),
             bucket_nanos,
             slots: (0..count).map(|_| Slot::new()).collect(),
         }
     }
 
     fn period(&self, now: Instant) -> u64 {
-        let elapsed = u64::try_from(now.saturating_duration_since(self.created).as_nanos())
-            .unwrap_or(u64::MAX);
-        elapsed / self.bucket_nanos
+        self.period_ns(mesh_balance::clock::nanos(now))
+    }
+
+    fn period_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.created_ns) / self.bucket_nanos
     }
 
     /// Records one request's latency and outcome, now.
     #[inline]
     pub fn record(&self, latency: Duration, success: bool) {
-        self.record_at(mesh_balance::clock::now(), latency, success);
+        self.record_at_ns(mesh_balance::clock::now_ns(), latency, success);
     }
 
     /// Records one request's latency and outcome as of `now`.
     pub fn record_at(&self, now: Instant, latency: Duration, success: bool) {
-        let period = self.period(now);
+        self.record_at_ns(mesh_balance::clock::nanos(now), latency, success);
+    }
+
+    /// Records one request's latency and outcome as of `now_ns`, a time on the scale of
+    /// [`mesh_balance::clock::nanos`] (as [`mesh_balance::clock::now_ns`] gives it).
+    pub fn record_at_ns(&self, now_ns: u64, latency: Duration, success: bool) {
+        let period = self.period_ns(now_ns);
         let tag = period + 1;
         let slot = &self.slots[(period % self.slots.len() as u64) as usize];
         let held = slot.period.load(Ordering::Acquire);
