@@ -6,7 +6,9 @@
 //!
 //! - [`Shed`] sits **before the balancer**: at most `max_in_flight` requests are dispatched at once
 //!   and at most `max_pending` wait for a slot or for the balancer to become ready (a FIFO queue:
-//!   tokio's fair semaphore). Request 1025 in the queue gets
+//!   while anyone waits, a newcomer queues behind). A free slot is taken and given back with one
+//!   atomic operation each; the queue's lock is touched only while requests wait. Request 1025 in
+//!   the queue gets
 //!   `503 l5d-err: load shed: pending queue full (1024)`.
 //! - [`ConcurrencyCap`] sits **per endpoint**: more than `max` requests in flight to one endpoint get
 //!   `503 l5d-err: load shed: endpoint concurrency cap reached (N)` at once.
@@ -53,7 +55,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
+
+/// The largest `max_in_flight` (tokio's semaphore limit, which this cap once used).
+const MAX_IN_FLIGHT: usize = usize::MAX >> 3;
 use tower::{BoxError, ServiceExt};
 
 use crate::error::{is_grpc, Error};
@@ -94,10 +99,10 @@ pub enum ShedConfigError {
 impl ShedConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ShedConfigError> {
-        if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS {
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
             return Err(ShedConfigError::InFlight {
                 got: self.max_in_flight,
-                max: Semaphore::MAX_PERMITS,
+                max: MAX_IN_FLIGHT,
             });
         }
         Ok(())
@@ -131,9 +136,66 @@ impl ShedStats {
 #[derive(Debug)]
 struct ShedShared {
     config: ShedConfig,
+    /// Requests in the queue (waiting for a slot, then for the inner service).
     pending: AtomicUsize,
-    in_flight: Arc<Semaphore>,
+    /// Slots taken: requests dispatched and not yet answered.
+    in_flight: AtomicUsize,
+    /// Wakes a queued request when a slot is given back while requests are queued.
+    freed: Notify,
     stats: ShedStats,
+}
+
+impl ShedShared {
+    /// Takes a slot if one is free.
+    ///
+    /// `SeqCst` here, on `pending` and in [`Slot::drop`]: a request that queues (bumps `pending`,
+    /// then tries) and a slot given back (drops `in_flight`, then reads `pending`) must not both
+    /// miss the other's write, or the request would sleep beside a free slot.
+    fn take_slot(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.config.max_in_flight;
+        let mut taken = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            if taken >= max {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                taken,
+                taken + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Some(Slot(self.clone())),
+                Err(now) => taken = now,
+            }
+        }
+    }
+
+    /// Waits in the queue (FIFO, as `Notify` wakes its waiters) for a slot.
+    async fn wait_for_slot(self: &Arc<Self>) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // In line before looking, so a slot given back after the look wakes this one.
+            freed.as_mut().enable();
+            if let Some(slot) = self.take_slot() {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// A taken slot, given back when the request is answered or dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<ShedShared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.0.pending.load(Ordering::SeqCst) != 0 {
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 /// The bounded queue in front of the balancer (see the [module docs](self)).
@@ -166,14 +228,18 @@ impl<S> tower::Layer<S> for ShedLayer {
     type Service = Shed<S>;
 
     fn layer(&self, inner: S) -> Shed<S> {
-        let permits = self.config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let max_in_flight = self.config.max_in_flight.clamp(1, MAX_IN_FLIGHT);
         Shed {
             inner,
             inner_ready: false,
             shared: Arc::new(ShedShared {
-                config: self.config,
+                config: ShedConfig {
+                    max_in_flight,
+                    ..self.config
+                },
                 pending: AtomicUsize::new(0),
-                in_flight: Arc::new(Semaphore::new(permits)),
+                in_flight: AtomicUsize::new(0),
+                freed: Notify::new(),
                 stats: self.stats.clone(),
             }),
         }
@@ -208,7 +274,7 @@ struct PendingGuard(Arc<ShedShared>);
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -239,22 +305,21 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // Fast path, no allocation and no clone of the inner service: it is ready and a slot is
-        // free now. (Free permits exist only while nobody waits — tokio's semaphore hands
-        // released permits to waiters first — so this never overtakes the queue.)
-        if self.inner_ready {
-            if let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() {
+        // Fast path, no allocation and no clone of the inner service: it is ready, nobody is
+        // queued (a newcomer does not overtake the queue) and a slot is free now.
+        if self.inner_ready && self.shared.pending.load(Ordering::SeqCst) == 0 {
+            if let Some(slot) = self.shared.take_slot() {
                 self.inner_ready = false;
                 return ShedFuture::Dispatched {
                     inner: self.inner.call(req),
-                    permit: Some(permit),
+                    permit: Some(slot),
                 };
             }
         }
         let shared = self.shared.clone();
         let max = shared.config.max_pending;
-        if shared.pending.fetch_add(1, Ordering::AcqRel) >= max {
-            shared.pending.fetch_sub(1, Ordering::AcqRel);
+        if shared.pending.fetch_add(1, Ordering::SeqCst) >= max {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
             shared.stats.0.pending_full.fetch_add(1, Ordering::Relaxed);
             let rsp = Error::PendingQueueFull(max).to_response(is_grpc(req.headers()));
             return ShedFuture::Shed { rsp: Some(rsp) };
@@ -263,13 +328,7 @@ where
         let inner = self.inner.clone();
         ShedFuture::Queued {
             fut: Box::pin(async move {
-                let permit = guard
-                    .0
-                    .in_flight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(BoxError::from)?;
+                let permit = guard.0.wait_for_slot().await;
                 let svc = inner.ready_oneshot().await.map_err(Into::into)?;
                 drop(guard);
                 let rsp = svc.oneshot(req).await.map_err(Into::into);
@@ -289,7 +348,7 @@ pin_project! {
         S: tower::Service<Req>,
     {
         /// A slot was free: dispatched at once (no allocation).
-        Dispatched { #[pin] inner: S::Future, permit: Option<OwnedSemaphorePermit> },
+        Dispatched { #[pin] inner: S::Future, permit: Option<Slot> },
         /// Waiting in the bounded queue.
         Queued { fut: BoxFuture<'static, Result<Response<B>, BoxError>> },
         /// The queue was full.
@@ -598,6 +657,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("max_in_flight must be at least 1"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn threads_racing_for_few_slots_never_exceed_them_and_none_sleeps_beside_a_free_one() {
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (n, m) = (now.clone(), most.clone());
+        let inner = tower::service_fn(move |_: Request<()>| {
+            let (now, most) = (n.clone(), m.clone());
+            async move {
+                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(at_once, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+            }
+        });
+        let svc = Shed::layer(ShedConfig {
+            max_pending: 1024,
+            max_in_flight: 3,
+        })
+        .layer(inner);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..300 {
+                        let rsp = svc.clone().oneshot(Request::new(())).await.unwrap();
+                        assert_eq!(rsp.status(), StatusCode::OK);
+                    }
+                })
+            })
+            .collect();
+        let all = futures_util::future::join_all(tasks);
+        let done = tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .expect("no request waited forever for a slot");
+        for task in done {
+            task.unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} in flight at once");
     }
 
     #[tokio::test]
