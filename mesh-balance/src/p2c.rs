@@ -686,9 +686,16 @@ impl<K, S, C> Balance<K, S, C> {
                 // Busy (another request, perhaps on this very thread) or poisoned by a panic
                 // inside it, it is left alone: the request gets a clone, as tower does.
                 let called = match in_flight.member.own.try_lock() {
-                    Ok(mut own) => {
-                        let own = own.get_or_insert_with(|| in_flight.member.service.clone());
-                        call_if_ready(own, req)
+                    Ok(mut slot) => {
+                        let own = slot.get_or_insert_with(|| in_flight.member.service.clone());
+                        let called = call_if_ready(own, req);
+                        if !matches!(called, Ok(Ok(_))) {
+                            // Failed (a service whose readiness failed is done, by tower's
+                            // contract) or waiting on a waker that will never wake it: the next
+                            // request starts from a fresh clone, as every request did before.
+                            *slot = None;
+                        }
+                        called
                     }
                     Err(_) => Err(req),
                 };

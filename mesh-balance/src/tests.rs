@@ -1142,3 +1142,56 @@ async fn a_request_sent_while_the_endpoint_s_instance_is_in_use_gets_a_clone_and
     );
     endpoint.nested.lock().unwrap().take();
 }
+
+/// An endpoint whose very first readiness check fails; an instance that failed stays failed (as
+/// tower's contract allows), while fresh clones are fine.
+#[derive(Clone, Default)]
+struct FailsOnce {
+    failed_once: Arc<std::sync::atomic::AtomicBool>,
+    broken: bool,
+}
+
+impl Service<u32> for FailsOnce {
+    type Response = u16;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u16, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.broken || !self.failed_once.swap(true, Ordering::SeqCst) {
+            self.broken = true;
+            return Poll::Ready(Err("not ready, ever again".into()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        std::future::ready(Ok(200))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_instance_whose_readiness_failed_is_replaced_by_a_fresh_clone() {
+    type FailsOnceClassify = fn(&Result<u16, BoxError>) -> bool;
+    let (tx, rx) =
+        mpsc::unbounded_channel::<Result<Change<usize, Endpoint<FailsOnce>>, Infallible>>();
+    let mut lb = Balance::builder(config())
+        .classify((|r: &Result<u16, BoxError>| r.is_err()) as FailsOnceClassify)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    tx.send(Ok(Change::Insert(0, Endpoint::new(FailsOnce::default()))))
+        .unwrap();
+    for _ in 0..1000 {
+        if lb.len() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        lb.ready().await.unwrap().call(1).await.is_err(),
+        "the failure"
+    );
+    for _ in 0..3 {
+        let answer = lb.ready().await.unwrap().call(1).await;
+        assert_eq!(answer.expect("a fresh instance, not the failed one"), 200);
+    }
+}
