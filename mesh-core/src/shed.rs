@@ -56,12 +56,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::Notify;
-
-/// The largest `max_in_flight` (tokio's semaphore limit, which this cap once used).
-const MAX_IN_FLIGHT: usize = usize::MAX >> 3;
 use tower::{BoxError, ServiceExt};
 
 use crate::error::{is_grpc, Error};
+
+/// The largest `max_in_flight` (tokio's semaphore limit, which this cap once used).
+const MAX_IN_FLIGHT: usize = usize::MAX >> 3;
 
 /// Configuration of [`Shed`]. `Default`: Envoy's 1024 pending, 1024 in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
