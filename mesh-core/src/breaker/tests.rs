@@ -70,6 +70,31 @@ where
     }
 }
 
+/// A breaker over an endpoint answering `status`, whose channel to its task holds one message
+/// (the rest of `config` as given), and its stats.
+// The type is the breaker's service signature, spelled out as the helpers above spell it.
+#[allow(clippy::type_complexity)]
+fn one_message_channel(
+    status: u16,
+    config: BreakerConfig,
+    health: Health,
+) -> (
+    impl tower::Service<
+            Request<()>,
+            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
+            Error = BoxError,
+        > + Clone,
+    BreakerStats,
+) {
+    let layer = Breaker::layer(BreakerConfig {
+        channel_capacity: 1,
+        ..config
+    });
+    let stats = layer.stats();
+    let svc = layer.layer(endpoint(Arc::new(AtomicU16::new(status))), health);
+    (svc, stats)
+}
+
 #[tokio::test(start_paused = true)]
 async fn opens_after_seven_consecutive_failures_probes_and_restores() {
     let status = Arc::new(AtomicU16::new(500));
@@ -301,13 +326,7 @@ async fn grpc_status_in_trailers_is_reported_at_the_end_of_the_body() {
 
 #[tokio::test(start_paused = true)]
 async fn full_channel_drops_and_counts_outcomes() {
-    let status = Arc::new(AtomicU16::new(500));
-    let layer = Breaker::layer(BreakerConfig {
-        channel_capacity: 1,
-        ..Default::default()
-    });
-    let stats = layer.stats();
-    let svc = layer.layer(endpoint(status), Health::new());
+    let (svc, stats) = one_message_channel(500, BreakerConfig::default(), Health::new());
     // The task does not run between these calls (no yield): only one outcome fits.
     send_without_yielding(&svc, 3);
     assert_eq!(stats.dropped(), 2);
@@ -622,13 +641,7 @@ async fn the_breaker_layer_is_a_plain_tower_layer() {
 
 #[tokio::test(start_paused = true)]
 async fn successes_while_closed_are_counted_without_waking_the_task() {
-    let status = Arc::new(AtomicU16::new(200));
-    let layer = Breaker::layer(BreakerConfig {
-        channel_capacity: 1,
-        ..Default::default()
-    });
-    let stats = layer.stats();
-    let svc = layer.layer(endpoint(status), Health::new());
+    let (svc, stats) = one_message_channel(200, BreakerConfig::default(), Health::new());
     // Sent to the task, a second success would not fit the channel: none is sent.
     send_without_yielding(&svc, 50);
     assert_eq!(stats.dropped(), 0);
@@ -659,15 +672,12 @@ async fn a_success_the_task_never_hears_of_still_resets_the_consecutive_failures
 
 #[tokio::test(start_paused = true)]
 async fn failures_a_full_channel_drops_still_count_toward_the_trip() {
-    let status = Arc::new(AtomicU16::new(500));
     let health = Health::new();
-    let layer = Breaker::layer(BreakerConfig {
+    let config = BreakerConfig {
         success_rate: None,
-        channel_capacity: 1,
         ..Default::default()
-    });
-    let stats = layer.stats();
-    let svc = layer.layer(endpoint(status), health.clone());
+    };
+    let (svc, stats) = one_message_channel(500, config, health.clone());
     // Seven failures before the task runs: the channel holds one, the counts hold all seven.
     send_without_yielding(&svc, 7);
     assert_eq!(stats.dropped(), 6);
