@@ -106,6 +106,33 @@ async fn settle(lb: &Lb, n: usize) {
     panic!("endpoint set never reached {n} (is {})", lb.len());
 }
 
+/// Discovery's side of a balancer over endpoints of type `S`.
+type OneTx<S> = mpsc::UnboundedSender<Result<Change<usize, Endpoint<S>>, Infallible>>;
+
+/// A balancer over one endpoint, `service`, once the driver has published it (discovery stays
+/// open while the sender lives).
+async fn one_endpoint<S, C>(service: S, classify: C) -> (Balance<usize, S, C>, OneTx<S>)
+where
+    S: Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let lb = Balance::builder(config())
+        .classify(classify)
+        .spawn(UnboundedReceiverStream::new(rx))
+        .unwrap();
+    tx.send(Ok(Change::Insert(0, Endpoint::new(service))))
+        .unwrap();
+    for _ in 0..1000 {
+        if lb.len() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(lb.len(), 1);
+    (lb, tx)
+}
+
 /// `workers` closed-loop clients, each sending `per_worker` requests back to back. Returns the
 /// statuses seen (or 0 for a balancer error).
 async fn load(lb: &Lb, workers: usize, per_worker: usize) -> Vec<u16> {
@@ -1006,21 +1033,8 @@ impl Service<u32> for Gated {
 
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_not_ready_at_once_gets_the_request_when_ready_and_wakes_the_caller() {
-    let (tx, rx) = mpsc::unbounded_channel::<Result<Change<usize, Endpoint<Gated>>, Infallible>>();
-    let mut lb = Balance::builder(config())
-        .classify(is_5xx as Http5xx)
-        .spawn(UnboundedReceiverStream::new(rx))
-        .unwrap();
     let gated = Gated::default();
-    tx.send(Ok(Change::Insert(0, Endpoint::new(gated.clone()))))
-        .unwrap();
-    for _ in 0..1000 {
-        if lb.len() == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(lb.len(), 1);
+    let (mut lb, _tx) = one_endpoint(gated.clone(), is_5xx as Http5xx).await;
     let fut = lb.ready().await.unwrap().call(1);
     assert_eq!(gated.calls.load(Ordering::SeqCst), 0, "not ready: not sent");
     let task = tokio::spawn(fut);
@@ -1084,31 +1098,10 @@ impl Service<u32> for Counted {
     }
 }
 
-type CountedTx = mpsc::UnboundedSender<Result<Change<usize, Endpoint<Counted>>, Infallible>>;
-
-async fn counted_balancer(endpoint: &Counted) -> (Balance<usize, Counted, Http5xx>, CountedTx) {
-    let (tx, rx) =
-        mpsc::unbounded_channel::<Result<Change<usize, Endpoint<Counted>>, Infallible>>();
-    let lb = Balance::builder(config())
-        .classify(is_5xx as Http5xx)
-        .spawn(UnboundedReceiverStream::new(rx))
-        .unwrap();
-    tx.send(Ok(Change::Insert(0, Endpoint::new(endpoint.clone()))))
-        .unwrap();
-    for _ in 0..1000 {
-        if lb.len() == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(lb.len(), 1);
-    (lb, tx)
-}
-
 #[tokio::test(start_paused = true)]
 async fn requests_call_the_endpoint_s_own_instance_without_cloning_it() {
     let endpoint = Counted::default();
-    let (mut lb, _tx) = counted_balancer(&endpoint).await;
+    let (mut lb, _tx) = one_endpoint(endpoint.clone(), is_5xx as Http5xx).await;
     let at_insert = endpoint.clones.load(Ordering::SeqCst);
     for _ in 0..100 {
         assert_eq!(lb.ready().await.unwrap().call(0).await.unwrap(), 200);
@@ -1124,7 +1117,7 @@ async fn requests_call_the_endpoint_s_own_instance_without_cloning_it() {
 #[tokio::test(start_paused = true)]
 async fn a_request_sent_while_the_endpoint_s_instance_is_in_use_gets_a_clone_and_no_deadlock() {
     let endpoint = Counted::default();
-    let (mut lb, _tx) = counted_balancer(&endpoint).await;
+    let (mut lb, _tx) = one_endpoint(endpoint.clone(), is_5xx as Http5xx).await;
     // The endpoint's instance exists once a request has been sent.
     assert_eq!(lb.ready().await.unwrap().call(0).await.unwrap(), 200);
     *endpoint.nested.lock().unwrap() = Some(lb.clone());
@@ -1172,20 +1165,8 @@ impl Service<u32> for FailsOnce {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_instance_whose_readiness_failed_is_replaced_by_a_fresh_clone() {
     type FailsOnceClassify = fn(&Result<u16, BoxError>) -> bool;
-    let (tx, rx) =
-        mpsc::unbounded_channel::<Result<Change<usize, Endpoint<FailsOnce>>, Infallible>>();
-    let mut lb = Balance::builder(config())
-        .classify((|r: &Result<u16, BoxError>| r.is_err()) as FailsOnceClassify)
-        .spawn(UnboundedReceiverStream::new(rx))
-        .unwrap();
-    tx.send(Ok(Change::Insert(0, Endpoint::new(FailsOnce::default()))))
-        .unwrap();
-    for _ in 0..1000 {
-        if lb.len() == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let failures = (|r: &Result<u16, BoxError>| r.is_err()) as FailsOnceClassify;
+    let (mut lb, _tx) = one_endpoint(FailsOnce::default(), failures).await;
     assert!(
         lb.ready().await.unwrap().call(1).await.is_err(),
         "the failure"
