@@ -245,3 +245,20 @@ async fn a_deadline_header_among_many_is_found_and_its_first_value_counts() {
     let deadline = seen.deadline.lock().unwrap().unwrap();
     assert_eq!(deadline.at(), start + Duration::from_millis(250));
 }
+
+#[test]
+fn a_deadline_is_judged_by_the_clock_not_by_a_shared_reading() {
+    // Inside a scope the measuring layers share one, older, reading; a deadline must not.
+    let _scope = crate::clock::Scope::enter();
+    let shared = crate::clock::now();
+    let deadline = Deadline::after(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(3));
+    assert_eq!(
+        crate::clock::now(),
+        shared,
+        "the scope's reading has not moved"
+    );
+    assert!(deadline.is_expired(), "expired by the clock");
+    assert_eq!(deadline.remaining(), Duration::ZERO);
+    assert!(Deadline::after(Duration::ZERO).at() >= shared + Duration::from_millis(3));
+}
