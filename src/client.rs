@@ -470,7 +470,7 @@ impl Service<http::Request<Body>> for PreviousHosts {
 
     #[inline]
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        match req.extensions().get::<AvoidEndpoint>().cloned() {
+        match AvoidEndpoint::of(&req) {
             Some(avoid) => self.0.call_avoiding(req, &avoid),
             None => self.0.call(req),
         }
@@ -1594,6 +1594,95 @@ mod tests {
         assert!(calls[1].0 >= polls[0].0 + Duration::from_millis(2));
         assert!(polls[1].0 >= calls[1].0 + Duration::from_millis(2));
         assert!(clock::now() >= polls[1].0 + Duration::from_millis(2));
+    }
+
+    /// The first attempt of a GET goes out from `call` with the retry layer's avoid hint lent
+    /// (no extension map is made for it), and the balancer still records its endpoint there: the
+    /// retry carries the hint, naming that endpoint, and goes to the other one.
+    #[tokio::test]
+    async fn a_first_attempt_records_its_endpoint_without_an_extension_and_the_retry_goes_elsewhere(
+    ) {
+        use mesh_core::hedge::AvoidEndpoint;
+        use std::collections::HashMap;
+        use std::net::SocketAddr;
+
+        // An endpoint, and the endpoints named by the hint the request carried, if any.
+        type Try = (SocketAddr, Option<Vec<SocketAddr>>);
+        // Each attempt, with its request's id.
+        type Attempts = Arc<Mutex<Vec<(String, Try)>>>;
+        let attempts: Attempts = Arc::default();
+        let seen = attempts.clone();
+        let addrs = [9, 10].map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let discovery = mesh_discovery::Discovery::fixed(addrs.map(mesh_discovery::Endpoint::new))
+            .expect("a fixed set");
+        let mut client = super::ClientBuilder::new(discovery)
+            .name("avoid-test")
+            // Nothing may take an endpoint out of the set: the retry always has another one.
+            .breaker(None)
+            .budget(mesh_core::retry::BudgetConfig {
+                min_per_sec: 1_000,
+                ..Default::default()
+            })
+            .transport(move |endpoint| {
+                let (seen, addr) = (seen.clone(), endpoint.addr);
+                tower::util::BoxCloneSyncService::new(tower::service_fn(
+                    move |req: http::Request<super::Body>| {
+                        let id = req.headers()["x-id"].to_str().expect("ascii").to_owned();
+                        let hinted = req
+                            .extensions()
+                            .get::<AvoidEndpoint>()
+                            .map(AvoidEndpoint::endpoints);
+                        let mut seen = seen.lock().expect("lock");
+                        // Every request's first attempt fails, wherever it goes.
+                        let first = !seen.iter().any(|(other, ..)| *other == id);
+                        seen.push((id, (addr, hinted)));
+                        let status = if first { 503 } else { 200 };
+                        let rsp = http::Response::builder()
+                            .status(status)
+                            .body(super::Body::default())
+                            .expect("response");
+                        std::future::ready(Ok::<_, super::BoxError>(rsp))
+                    },
+                ))
+            })
+            .build::<super::Body>()
+            .expect("client");
+        while client.endpoints().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        const REQUESTS: usize = 16;
+        for i in 0..REQUESTS {
+            let req = http::Request::get("http://avoid.test/")
+                .header("x-id", i.to_string())
+                .body(super::Body::default())
+                .expect("request");
+            let rsp = client.ready().await.expect("ready").call(req).await;
+            assert_eq!(rsp.expect("response").status(), 200, "request {i}");
+        }
+        let mut by_id: HashMap<String, Vec<Try>> = HashMap::new();
+        for (id, attempt) in attempts.lock().expect("lock").drain(..) {
+            by_id.entry(id).or_default().push(attempt);
+        }
+        assert_eq!(by_id.len(), REQUESTS);
+        for (id, tries) in by_id {
+            let [(first, ref first_hint), (retry, ref retry_hint)] = tries[..] else {
+                panic!("request {id}: attempts {tries:?}");
+            };
+            assert_eq!(
+                *first_hint, None,
+                "request {id}: the first attempt got an extension map"
+            );
+            // The balancer records each attempt's endpoint as it dispatches it.
+            assert_eq!(
+                *retry_hint,
+                Some(vec![first, retry]),
+                "request {id}: the retry's hint names the first attempt's endpoint, then its own"
+            );
+            assert_ne!(
+                first, retry,
+                "request {id}: the retry went to the same endpoint"
+            );
+        }
     }
 
     #[test]

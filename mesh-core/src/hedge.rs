@@ -67,15 +67,42 @@ use crate::classify::RequestInfo;
 use crate::deadline::{LatencyEstimate, NoEstimate, SharedLatency};
 use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 
-/// A request extension shared by the attempts of one request (the retry layer's retries and the
-/// hedge layer's hedge): the endpoints earlier attempts went to, which later attempts avoid
-/// whenever another endpoint is available (Envoy's *previous hosts* predicate). The balancer reads
-/// and writes it through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
+/// A hint shared by the attempts of one request (the retry layer's retries and the hedge layer's
+/// hedge): the endpoints earlier attempts went to, which later attempts avoid whenever another
+/// endpoint is available (Envoy's *previous hosts* predicate). The balancer reads and writes it
+/// through [`mesh_balance::Avoid`] ([`mesh_balance::Balance::call_avoiding`]).
+///
+/// A request carries it in one of two ways, and [`AvoidEndpoint::of`] finds either:
+/// - as a request extension (retries and hedges, and a hint the caller set);
+/// - *lent* ([`AvoidEndpoint::lend`]) while the request is handed down synchronously: the retry
+///   layer sends a first attempt this way, which spares a request that never retries the
+///   extension map's three allocations. A layer that keeps a request to send later (a queue, a
+///   hedge) moves a lent hint into the request ([`AvoidEndpoint::attach_lent`]).
+///
+/// A balancer placed under these layers reads the hint with [`AvoidEndpoint::of`] in its `call`.
 ///
 /// One small lock per request, taken when an attempt records its endpoint and when a later
 /// attempt asks about one; never shared between requests. While nothing is recorded (the first
 /// attempt's choice, the usual case) asking takes no lock. The first three endpoints (a request
 /// and two retries or hedges) are kept without a further allocation.
+///
+/// ```
+/// use mesh_core::hedge::AvoidEndpoint;
+/// use std::net::SocketAddr;
+///
+/// let hint = AvoidEndpoint::default();
+/// let req = http::Request::new(());
+/// // While a layer lends it (around its inner service's `call`), the hint is the request's ...
+/// let found = {
+///     let _loan = hint.clone().lend();
+///     AvoidEndpoint::of(&req) // as a balancer below would ask
+/// };
+/// let first = SocketAddr::from(([127, 0, 0, 1], 8080));
+/// found.unwrap().record(first);
+/// assert_eq!(hint.avoided(), Some(first));
+/// // ... and once the loan has ended, it is nobody's.
+/// assert!(AvoidEndpoint::of(&req).is_none());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct AvoidEndpoint(Arc<AvoidList>);
 
@@ -84,6 +111,35 @@ struct AvoidList {
     /// How many endpoints `list` holds, readable without its lock.
     len: std::sync::atomic::AtomicUsize,
     list: Mutex<SmallVec<[SocketAddr; 3]>>,
+}
+
+thread_local! {
+    /// The hint a layer lends while it hands a request down ([`AvoidEndpoint::lend`]).
+    static LENT: std::cell::Cell<Option<AvoidEndpoint>> = const { std::cell::Cell::new(None) };
+}
+
+/// A loan of an [`AvoidEndpoint`] to the calls below ([`AvoidEndpoint::lend`]), for as long as
+/// it is held. Dropping it (when the call returns or unwinds) ends the loan: a hint nobody took is
+/// dropped, and a loan made before (loans nest) is in force again. It stays on its thread.
+#[must_use = "the hint is lent only while the loan is held"]
+#[derive(Debug)]
+pub struct Loan {
+    /// The loan in force before this one.
+    before: Option<AvoidEndpoint>,
+    /// Whether the hint could be lent (the thread's locals may be torn down).
+    lent: bool,
+    /// A loan belongs to the thread it was made on.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Loan {
+    #[inline]
+    fn drop(&mut self) {
+        if self.lent {
+            let before = self.before.take();
+            let _ = LENT.try_with(|lent| drop(lent.replace(before)));
+        }
+    }
 }
 
 // === impl AvoidEndpoint ===
@@ -130,6 +186,50 @@ impl AvoidEndpoint {
     /// Every endpoint attempts went to, in order.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.endpoints_mut().to_vec()
+    }
+
+    /// Lends this hint to what runs below on this thread while the returned [`Loan`] is held (a
+    /// synchronous hand-down of one request: a service's `call`): the first
+    /// [`AvoidEndpoint::of`] there takes it. A hint nobody took is dropped with the loan, so it
+    /// never reaches another request.
+    #[inline]
+    pub fn lend(self) -> Loan {
+        match LENT.try_with(|lent| lent.replace(Some(self))) {
+            Ok(before) => Loan {
+                before,
+                lent: true,
+                _thread: std::marker::PhantomData,
+            },
+            // Without the thread's locals nothing can be lent; the attempt goes without it.
+            Err(_) => Loan {
+                before: None,
+                lent: false,
+                _thread: std::marker::PhantomData,
+            },
+        }
+    }
+
+    /// The hint of a request being handed down: the one it carries as an extension, else the one
+    /// a layer above lent ([`AvoidEndpoint::lend`]), which is then taken (so a client nested
+    /// below does not take it too).
+    #[inline]
+    pub fn of<B>(req: &Request<B>) -> Option<AvoidEndpoint> {
+        if let Some(hint) = req.extensions().get::<AvoidEndpoint>() {
+            return Some(hint.clone());
+        }
+        LENT.try_with(std::cell::Cell::take).ok().flatten()
+    }
+
+    /// Moves a lent hint into `req`'s extensions, for a layer that keeps the request to send it
+    /// after its own `call` has returned (a queue, a hedge). A request that carries a hint
+    /// already keeps its own.
+    pub fn attach_lent<B>(req: &mut Request<B>) {
+        if req.extensions().get::<AvoidEndpoint>().is_some() {
+            return;
+        }
+        if let Some(hint) = LENT.try_with(std::cell::Cell::take).ok().flatten() {
+            req.extensions_mut().insert(hint);
+        }
     }
 }
 
@@ -364,6 +464,9 @@ where
                 inner: self.inner.call(once),
             };
         };
+        let mut req = req;
+        // The attempts are sent later, from the future: a hint lent for this call goes with them.
+        AvoidEndpoint::attach_lent(&mut req);
         let shared = self.shared.clone();
         // The ready service serves the first attempt; a hedge needs a second one.
         let spare = self.inner.clone();
@@ -477,7 +580,7 @@ impl<F, RB> std::fmt::Debug for ResponseFuture<F, RB> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::deadline::FixedLatency;
@@ -590,6 +693,12 @@ mod tests {
         }
     }
 
+    /// Runs `f` with `hint` lent to it.
+    pub(crate) fn with_loan<R>(hint: &AvoidEndpoint, f: impl FnOnce() -> R) -> R {
+        let _loan = hint.clone().lend();
+        f()
+    }
+
     fn budget(min_per_sec: u32, ratio: f64) -> Budget {
         Budget::new(BudgetConfig {
             min_per_sec,
@@ -668,6 +777,98 @@ mod tests {
             avoided,
             vec![None, Some(SocketAddr::from(([127, 0, 0, 1], 1000)))]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_lent_to_a_hedged_request_is_the_one_both_attempts_share() {
+        use tower::Service as _;
+        let backend = Backend::default();
+        let mut svc =
+            Hedge::layer(fixed(50), budget(10, 0.2)).layer(backend.service(Duration::from_secs(5)));
+        let lent = AvoidEndpoint::default();
+        svc.ready().await.unwrap();
+        // The attempts are sent from the future, after `call` (and the loan) has returned.
+        let fut = with_loan(&lent, || svc.call(request(Method::GET)));
+        assert_eq!(*fut.await.unwrap().body(), 1, "the hedge answered");
+        let first = SocketAddr::from(([127, 0, 0, 1], 1000));
+        let hedge = SocketAddr::from(([127, 0, 0, 1], 1001));
+        assert_eq!(*backend.avoided.lock().unwrap(), vec![None, Some(first)]);
+        assert_eq!(lent.endpoints(), vec![first, hedge], "the lent hint itself");
+    }
+
+    #[test]
+    fn a_lent_hint_is_taken_once_below_its_lender_and_never_outlives_the_call() {
+        let bare = Request::new(());
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let hint = AvoidEndpoint::default();
+        with_loan(&hint, || {
+            let taken = AvoidEndpoint::of(&bare).expect("lent");
+            taken.record(a);
+            assert!(
+                AvoidEndpoint::of(&bare).is_none(),
+                "taken by the first asker"
+            );
+        });
+        assert_eq!(
+            hint.avoided(),
+            Some(a),
+            "the lender's hint was the one recorded in"
+        );
+        // Not taken: gone when the call returns, so the next request cannot find it.
+        with_loan(&hint, || ());
+        assert!(AvoidEndpoint::of(&bare).is_none());
+        // Nor after a call that panicked.
+        let unwound = std::panic::catch_unwind(|| with_loan(&hint, || panic!("in the call")));
+        assert!(unwound.is_err());
+        assert!(AvoidEndpoint::of(&bare).is_none());
+        assert_eq!(Arc::strong_count(&hint.0), 1, "no loan kept a reference");
+    }
+
+    #[test]
+    fn lending_nests_and_a_request_s_own_hint_comes_first() {
+        let (outer, inner, own): (AvoidEndpoint, AvoidEndpoint, AvoidEndpoint) = Default::default();
+        let (a, b, c) = (
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 1], 2)),
+            SocketAddr::from(([127, 0, 0, 1], 3)),
+        );
+        let bare = Request::new(());
+        let mut carrying = Request::new(());
+        carrying.extensions_mut().insert(AvoidEndpoint::clone(&own));
+        with_loan(&outer, || {
+            with_loan(&inner, || {
+                AvoidEndpoint::of(&carrying).unwrap().record(c);
+                AvoidEndpoint::of(&bare).unwrap().record(b);
+            });
+            // The inner loan ended: the outer one is lent again.
+            AvoidEndpoint::of(&bare).unwrap().record(a);
+        });
+        let endpoints = |h: &AvoidEndpoint| h.endpoints();
+        assert_eq!(
+            [&outer, &inner, &own].map(endpoints),
+            [vec![a], vec![b], vec![c]]
+        );
+    }
+
+    #[test]
+    fn attaching_moves_a_lent_hint_into_a_request_that_has_none() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let (lent, own): (AvoidEndpoint, AvoidEndpoint) = Default::default();
+        let mut kept = Request::new(());
+        let mut carrying = Request::new(());
+        carrying.extensions_mut().insert(own.clone());
+        with_loan(&lent, || {
+            AvoidEndpoint::attach_lent(&mut carrying);
+            AvoidEndpoint::attach_lent(&mut kept);
+        });
+        // Later, from the request itself.
+        AvoidEndpoint::of(&kept).unwrap().record(a);
+        assert_eq!(lent.endpoints(), vec![a]);
+        assert!(own.endpoints().is_empty());
+        assert!(Arc::ptr_eq(
+            &carrying.extensions().get::<AvoidEndpoint>().unwrap().0,
+            &own.0
+        ));
     }
 
     #[tokio::test(start_paused = true)]

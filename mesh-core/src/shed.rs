@@ -326,6 +326,9 @@ where
         }
         let guard = PendingGuard(shared);
         let inner = self.inner.clone();
+        // Sent later, from the queue: a hint lent for this call goes with the request.
+        let mut req = req;
+        crate::hedge::AvoidEndpoint::attach_lent(&mut req);
         ShedFuture::Queued {
             fut: Box::pin(async move {
                 let permit = guard.0.wait_for_slot().await;
@@ -594,6 +597,49 @@ mod tests {
         release.notify_one();
         let rsp = svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(rsp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_lent_to_a_queued_request_reaches_the_service_when_it_is_sent() {
+        use crate::hedge::tests::with_loan;
+        use crate::hedge::AvoidEndpoint;
+        use std::net::SocketAddr;
+        use tower::{Service, ServiceExt};
+        let release = Arc::new(Notify::new());
+        let held = held(release.clone());
+        // Plays the balancer: takes the request's hint in `call` and records an endpoint in it.
+        let inner = tower::service_fn(move |req: Request<()>| {
+            if let Some(hint) = AvoidEndpoint::of(&req) {
+                hint.record(SocketAddr::from(([127, 0, 0, 1], 1)));
+            }
+            held.clone().oneshot(req)
+        });
+        let mut svc = Shed::layer(ShedConfig {
+            max_pending: 4,
+            max_in_flight: 1,
+        })
+        .layer(inner);
+        // Sent at once: the loan reaches the service within the call.
+        let at_once = AvoidEndpoint::default();
+        svc.ready().await.unwrap();
+        let first = with_loan(&at_once, || svc.call(Request::new(())));
+        assert_eq!(at_once.endpoints().len(), 1);
+        // Queued behind it: sent after the call (and the loan) has ended.
+        let queued = AvoidEndpoint::default();
+        svc.ready().await.unwrap();
+        let second = tokio::spawn(with_loan(&queued, || svc.call(Request::new(()))));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(queued.endpoints().is_empty(), "still queued");
+        release.notify_one();
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            queued.endpoints(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+            "the queued request took its hint along"
+        );
+        release.notify_one();
+        assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,9 @@
 //! classifier) replaces the layer's classifier for that request.
 //!
 //! Every attempt of a request carries the same [`AvoidEndpoint`](crate::hedge::AvoidEndpoint), so a
-//! retry goes to an endpoint no earlier attempt used whenever the balancer has one.
+//! retry goes to an endpoint no earlier attempt used whenever the balancer has one. A first attempt
+//! sent from `call` has it lent rather than inserted; a balancer below finds it either way with
+//! [`AvoidEndpoint::of`](crate::hedge::AvoidEndpoint::of).
 //!
 //! Between attempts it waits a decorrelated-jitter [`Backoff`] (25 ms base). Each attempt may have a
 //! per-try timeout (an attempt that times out is classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), retryable
@@ -404,7 +406,8 @@ struct Retries<S> {
     info: RequestInfo,
     /// The request's head, copied before the first attempt's was marked ([`mark_attempt`]).
     parts: http::request::Parts,
-    /// The avoid hint the first attempt carries, if this layer added it (the copy lacks it).
+    /// The avoid hint the first attempt carried (as an extension, or lent while it was sent), if
+    /// this layer made it (the copy of the head lacks it).
     avoid: Option<crate::hedge::AvoidEndpoint>,
     replay: Replay,
     deadline: Option<Deadline>,
@@ -615,12 +618,12 @@ where
         let no_retry = parts.extensions.get::<NoRetry>().is_some();
         if per_try.is_none() && (no_retry || body.is_end_stream()) {
             // The first attempt goes in place, on the service made ready.
-            let (body, then) = if no_retry {
+            let (body, then, lent) = if no_retry {
                 let body = ReplayBody::Streaming {
                     prefix: None,
                     inner: body,
                 };
-                (body, None)
+                (body, None, None)
             } else {
                 let info = RequestInfo::new(&parts.method, &parts.headers);
                 let classify = classifier_for(&parts.extensions, &shared.classify);
@@ -636,14 +639,18 @@ where
                     deadline: parts.extensions.get::<Deadline>().copied(),
                     replay: Replay::default(),
                 };
-                mark_attempt(&mut parts, avoid, info);
+                // The first attempt's hint is lent, not inserted (below): no extension map to
+                // allocate for a request that never retries.
+                mark_attempt(&mut parts, None, info);
                 let then: ThenRetry<RB> = Box::new(Pending::<_, B> {
                     retries,
                     _body: std::marker::PhantomData,
                 });
-                (Replay::default().body(), Some(then))
+                (Replay::default().body(), Some(then), avoid)
             };
-            let fut = self.inner.call(Request::from_parts(parts, body));
+            let req = Request::from_parts(parts, body);
+            let _loan = lent.map(crate::hedge::AvoidEndpoint::lend);
+            let fut = self.inner.call(req);
             return ResponseFuture {
                 state: State::First { fut, then },
             };

@@ -344,7 +344,7 @@ async fn a_request_with_nothing_to_buffer_is_sent_from_call_and_its_retry_avoids
     let backend = service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
         // Counted in `call`, not when the returned future is first polled.
         let n = c.fetch_add(1, Ordering::SeqCst);
-        let avoid = req.extensions().get::<AvoidEndpoint>().cloned();
+        let avoid = AvoidEndpoint::of(&req);
         s.lock().unwrap().push(
             avoid
                 .as_ref()
