@@ -90,7 +90,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{BoxError, ServiceExt};
 
-use crate::classify::classifier_for;
 use crate::classify::{
     default_error_kind, Class, Classifier, Classify, ErrorInspector, HeadClass, RequestInfo,
     SharedClassify,
@@ -402,7 +401,9 @@ struct Retries<S> {
     shared: Arc<Shared>,
     /// The route's own budget, if it has one; else the layer's ([`Shared::budget`]).
     route_budget: Option<Budget>,
-    classify: SharedClassify,
+    /// The route's classifier ([`ClassifyOverride`](crate::classify::ClassifyOverride)), if it
+    /// has one; else the layer's ([`Shared::classify`]).
+    route_classify: Option<SharedClassify>,
     info: RequestInfo,
     /// The request's head, copied before the first attempt's was marked ([`mark_attempt`]).
     parts: http::request::Parts,
@@ -411,6 +412,23 @@ struct Retries<S> {
     avoid: Option<crate::hedge::AvoidEndpoint>,
     replay: Replay,
     deadline: Option<Deadline>,
+}
+
+impl<S> Retries<S> {
+    /// The request's classifier: its route's, else the layer's.
+    fn classifier(&self) -> &dyn Classify {
+        self.route_classify
+            .as_deref()
+            .unwrap_or(&*self.shared.classify)
+    }
+}
+
+/// The route's classifier a request carries ([`ClassifyOverride`](crate::classify::ClassifyOverride)),
+/// if any: without one, a request's retries use the layer's and hold no reference of their own.
+fn route_classifier(extensions: &http::Extensions) -> Option<SharedClassify> {
+    extensions
+        .get::<crate::classify::ClassifyOverride>()
+        .map(|route| route.0.clone())
 }
 
 /// Classifies the first attempt's outcome and retries while the outcome is retryable and the
@@ -430,7 +448,7 @@ where
     let mut retries = 0;
     mark_attempt(&mut r.parts, r.avoid.take(), r.info);
     loop {
-        let class = classify_outcome(&*r.classify, shared.inspect, r.info, &result);
+        let class = classify_outcome(r.classifier(), shared.inspect, r.info, &result);
         if !class.is_retryable() {
             return result;
         }
@@ -485,7 +503,7 @@ where
 {
     fn classify(&self, result: &Result<Response<RB>, BoxError>) -> Class {
         let r = &self.retries;
-        classify_outcome(&*r.classify, r.shared.inspect, r.info, result)
+        classify_outcome(r.classifier(), r.shared.inspect, r.info, result)
     }
 
     fn start(self: Box<Self>, result: Result<Response<RB>, BoxError>) -> BoxResponse<RB> {
@@ -626,13 +644,13 @@ where
                 (body, None, None)
             } else {
                 let info = RequestInfo::new(&parts.method, &parts.headers);
-                let classify = classifier_for(&parts.extensions, &shared.classify);
+                let route_classify = route_classifier(&parts.extensions);
                 let avoid = new_avoid_hint(&parts);
                 let retries = Retries {
                     svc: self.inner.clone(),
                     shared: shared.clone(),
                     route_budget,
-                    classify,
+                    route_classify,
                     info,
                     parts: parts.clone(),
                     avoid: avoid.clone(),
@@ -670,7 +688,8 @@ where
                 return attempt_on(&mut ready, req, per_try).await;
             }
             let info = RequestInfo::new(&parts.method, &parts.headers);
-            let classify = classifier_for(&parts.extensions, &shared.classify);
+            let route_classify = route_classifier(&parts.extensions);
+            let classify = route_classify.as_deref().unwrap_or(&*shared.classify);
             let content_length = parts
                 .headers
                 .get(CONTENT_LENGTH)
@@ -684,7 +703,7 @@ where
                 body::Prepared::Once(body) => {
                     let req = Request::from_parts(parts, body);
                     let result = attempt_on(&mut ready, req, per_try).await;
-                    if classify_outcome(&*classify, shared.inspect, info, &result).is_retryable() {
+                    if classify_outcome(classify, shared.inspect, info, &result).is_retryable() {
                         stats.not_replayable.fetch_add(1, Ordering::Relaxed);
                     }
                     return result;
@@ -700,7 +719,7 @@ where
                 deadline: saved.extensions.get::<Deadline>().copied(),
                 shared,
                 route_budget,
-                classify,
+                route_classify,
                 info,
                 parts: saved,
                 avoid,
