@@ -634,43 +634,48 @@ where
         let per_try = shared.config.per_try_timeout;
         let (mut parts, body) = req.into_parts();
         let no_retry = parts.extensions.get::<NoRetry>().is_some();
-        if per_try.is_none() && (no_retry || body.is_end_stream()) {
-            // The first attempt goes in place, on the service made ready.
-            let (body, then, lent) = if no_retry {
-                let body = ReplayBody::Streaming {
-                    prefix: None,
-                    inner: body,
-                };
-                (body, None, None)
-            } else {
-                let info = RequestInfo::new(&parts.method, &parts.headers);
-                let route_classify = route_classifier(&parts.extensions);
-                let avoid = new_avoid_hint(&parts);
-                let retries = Retries {
+        if per_try.is_none() && no_retry {
+            // Sent once, in place, on the service made ready.
+            let body = ReplayBody::Streaming {
+                prefix: None,
+                inner: body,
+            };
+            let fut = self.inner.call(Request::from_parts(parts, body));
+            return ResponseFuture {
+                state: State::First { fut, then: None },
+            };
+        }
+        if per_try.is_none() && body.is_end_stream() {
+            // The first attempt goes in place, on the service made ready; what a retry needs is
+            // set aside in one box (built in place: the head's copy is taken inside it).
+            let info = RequestInfo::new(&parts.method, &parts.headers);
+            let avoid = new_avoid_hint(&parts);
+            let then: ThenRetry<RB> = Box::new(Pending::<_, B> {
+                retries: Retries {
                     svc: self.inner.clone(),
                     shared: shared.clone(),
                     route_budget,
-                    route_classify,
+                    route_classify: route_classifier(&parts.extensions),
                     info,
                     parts: parts.clone(),
                     avoid: avoid.clone(),
                     deadline: parts.extensions.get::<Deadline>().copied(),
                     replay: Replay::default(),
-                };
-                // The first attempt's hint is lent, not inserted (below): no extension map to
-                // allocate for a request that never retries.
-                mark_attempt(&mut parts, None, info);
-                let then: ThenRetry<RB> = Box::new(Pending::<_, B> {
-                    retries,
-                    _body: std::marker::PhantomData,
-                });
-                (Replay::default().body(), Some(then), avoid)
-            };
-            let req = Request::from_parts(parts, body);
-            let _loan = lent.map(crate::hedge::AvoidEndpoint::lend);
-            let fut = self.inner.call(req);
+                },
+                _body: std::marker::PhantomData,
+            });
+            // The first attempt's hint is lent, not inserted: no extension map to allocate for
+            // a request that never retries.
+            mark_attempt(&mut parts, None, info);
+            let _loan = avoid.map(crate::hedge::AvoidEndpoint::lend);
+            let fut = self
+                .inner
+                .call(Request::from_parts(parts, Replay::default().body()));
             return ResponseFuture {
-                state: State::First { fut, then },
+                state: State::First {
+                    fut,
+                    then: Some(then),
+                },
             };
         }
         // The ready service goes into the future and serves every attempt.
