@@ -1596,31 +1596,33 @@ mod tests {
         assert!(clock::now() >= polls[1].0 + Duration::from_millis(2));
     }
 
-    /// The first attempt of a GET goes out from `call` with the retry layer's avoid hint lent
-    /// (no extension map is made for it), and the balancer still records its endpoint there: the
-    /// retry carries the hint, naming that endpoint, and goes to the other one.
-    #[tokio::test]
-    async fn a_first_attempt_records_its_endpoint_without_an_extension_and_the_retry_goes_elsewhere(
-    ) {
+    /// An endpoint an attempt went to, and the endpoints named by the hint it carried as an
+    /// extension, if any.
+    type Try = (std::net::SocketAddr, Option<Vec<std::net::SocketAddr>>);
+
+    /// Sends `tasks` × `each` GETs (each task on its own clone of one client, all at once) over
+    /// `endpoints` in-memory endpoints that fail every request's first attempt with a 503, and
+    /// returns each request's attempts, checking that every request was retried into a 200.
+    async fn first_attempts_fail(
+        endpoints: u16,
+        tasks: usize,
+        each: usize,
+    ) -> std::collections::HashMap<String, Vec<Try>> {
         use mesh_core::hedge::AvoidEndpoint;
-        use std::collections::HashMap;
         use std::net::SocketAddr;
 
-        // An endpoint, and the endpoints named by the hint the request carried, if any.
-        type Try = (SocketAddr, Option<Vec<SocketAddr>>);
-        // Each attempt, with its request's id.
         type Attempts = Arc<Mutex<Vec<(String, Try)>>>;
         let attempts: Attempts = Arc::default();
         let seen = attempts.clone();
-        let addrs = [9, 10].map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let addrs = (0..endpoints).map(|i| SocketAddr::from(([127, 0, 0, 1], 9 + i)));
         let discovery = mesh_discovery::Discovery::fixed(addrs.map(mesh_discovery::Endpoint::new))
             .expect("a fixed set");
-        let mut client = super::ClientBuilder::new(discovery)
+        let client = super::ClientBuilder::new(discovery)
             .name("avoid-test")
             // Nothing may take an endpoint out of the set: the retry always has another one.
             .breaker(None)
             .budget(mesh_core::retry::BudgetConfig {
-                min_per_sec: 1_000,
+                min_per_sec: 10_000,
                 ..Default::default()
             })
             .transport(move |endpoint| {
@@ -1634,7 +1636,7 @@ mod tests {
                             .map(AvoidEndpoint::endpoints);
                         let mut seen = seen.lock().expect("lock");
                         // Every request's first attempt fails, wherever it goes.
-                        let first = !seen.iter().any(|(other, ..)| *other == id);
+                        let first = !seen.iter().any(|(other, _)| *other == id);
                         seen.push((id, (addr, hinted)));
                         let status = if first { 503 } else { 200 };
                         let rsp = http::Response::builder()
@@ -1647,42 +1649,80 @@ mod tests {
             })
             .build::<super::Body>()
             .expect("client");
-        while client.endpoints().len() < 2 {
+        while client.endpoints().len() < usize::from(endpoints) {
             tokio::task::yield_now().await;
         }
-        const REQUESTS: usize = 16;
-        for i in 0..REQUESTS {
-            let req = http::Request::get("http://avoid.test/")
-                .header("x-id", i.to_string())
-                .body(super::Body::default())
-                .expect("request");
-            let rsp = client.ready().await.expect("ready").call(req).await;
-            assert_eq!(rsp.expect("response").status(), 200, "request {i}");
+        let senders = (0..tasks).map(|task| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    let req = http::Request::get("http://avoid.test/")
+                        .header("x-id", format!("{task}.{i}"))
+                        .body(super::Body::default())
+                        .expect("request");
+                    let rsp = client.ready().await.expect("ready").call(req).await;
+                    assert_eq!(rsp.expect("response").status(), 200, "request {task}.{i}");
+                }
+            })
+        });
+        for sender in senders.collect::<Vec<_>>() {
+            sender.await.expect("sender");
         }
-        let mut by_id: HashMap<String, Vec<Try>> = HashMap::new();
+        let mut by_id: std::collections::HashMap<String, Vec<Try>> = Default::default();
         for (id, attempt) in attempts.lock().expect("lock").drain(..) {
             by_id.entry(id).or_default().push(attempt);
         }
-        assert_eq!(by_id.len(), REQUESTS);
-        for (id, tries) in by_id {
-            let [(first, ref first_hint), (retry, ref retry_hint)] = tries[..] else {
-                panic!("request {id}: attempts {tries:?}");
-            };
-            assert_eq!(
-                *first_hint, None,
-                "request {id}: the first attempt got an extension map"
-            );
-            // The balancer records each attempt's endpoint as it dispatches it.
-            assert_eq!(
-                *retry_hint,
-                Some(vec![first, retry]),
-                "request {id}: the retry's hint names the first attempt's endpoint, then its own"
-            );
-            assert_ne!(
-                first, retry,
-                "request {id}: the retry went to the same endpoint"
-            );
+        assert_eq!(by_id.len(), tasks * each);
+        by_id
+    }
+
+    /// A request's first attempt and its retry, checked: the first went out without an
+    /// extension map (its hint was lent), the retry's hint names the first attempt's endpoint
+    /// and then its own (the balancer records each as it dispatches it), and they differ.
+    fn first_and_retry(id: &str, tries: &[Try]) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        let [(first, ref first_hint), (retry, ref retry_hint)] = tries[..] else {
+            panic!("request {id}: attempts {tries:?}");
+        };
+        assert_eq!(
+            *first_hint, None,
+            "request {id}: the first attempt got an extension map"
+        );
+        assert_eq!(
+            *retry_hint,
+            Some(vec![first, retry]),
+            "request {id}: the retry's hint names the first attempt's endpoint, then its own"
+        );
+        assert_ne!(
+            first, retry,
+            "request {id}: the retry went to the same endpoint"
+        );
+        (first, retry)
+    }
+
+    /// The first attempt of a GET goes out from `call` with the retry layer's avoid hint lent
+    /// (no extension map is made for it), and the balancer still records its endpoint there: the
+    /// retry carries the hint, naming that endpoint, and goes to the other one.
+    #[tokio::test]
+    async fn a_first_attempt_records_its_endpoint_without_an_extension_and_the_retry_goes_elsewhere(
+    ) {
+        for (id, tries) in first_attempts_fail(2, 1, 16).await {
+            first_and_retry(&id, &tries);
         }
+    }
+
+    /// Lent hints are per thread and per call: with many requests in flight on several threads,
+    /// each request's hint holds its own attempts' endpoints and no other request's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_requests_on_many_threads_never_record_into_each_other_s_hint() {
+        let by_id = first_attempts_fail(8, 8, 25).await;
+        let mut firsts = std::collections::HashSet::new();
+        for (id, tries) in &by_id {
+            firsts.insert(first_and_retry(id, tries).0);
+        }
+        assert!(
+            firsts.len() > 1,
+            "the first attempts were spread: {firsts:?}"
+        );
     }
 
     #[test]
