@@ -99,8 +99,9 @@ use tokio::sync::mpsc;
 use tower::BoxError;
 
 use crate::classify::{
-    classifier_for, default_error_kind, Class, Classifier, ClassifyBody, ErrorInspector, ErrorKind,
-    HeadClass, LateClass, OnClass, PeekTrailers, RequestInfo, ResponseClass, SharedClassify,
+    default_error_kind, Class, Classifier, Classify, ClassifyBody, ClassifyOverride,
+    ErrorInspector, ErrorKind, HeadClass, LateClass, OnClass, PeekTrailers, RequestInfo,
+    ResponseClass, SharedClassify,
 };
 
 /// Success-rate failure accrual. `Default`: threshold 0.8 over 10 s, at least 5 requests
@@ -326,6 +327,8 @@ struct ReportTo {
     counts: Arc<task::Counts>,
     stats: BreakerStats,
     health: Health,
+    /// The layer's classifier, for requests whose route has none of its own.
+    classify: SharedClassify,
 }
 
 impl Report {
@@ -366,8 +369,8 @@ impl OnClass for Report {
 #[derive(Clone, Debug)]
 pub struct Breaker<S> {
     inner: S,
+    /// Also holds the layer's classifier ([`ReportTo::classify`]).
     report: Report,
-    classify: SharedClassify,
     inspect: ErrorInspector,
     /// The breaker task, when the layer was applied outside a Tokio runtime: spawned by the
     /// first `poll_ready` (which runs inside one). `None` on the usual path.
@@ -462,11 +465,11 @@ impl BreakerLayer {
                     counts,
                     stats: self.stats.clone(),
                     health,
+                    classify: self.classify.clone(),
                 }),
                 late: false,
                 late_class: None,
             },
-            classify: self.classify.clone(),
             inspect: self.inspect,
         }
     }
@@ -545,7 +548,11 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let info = RequestInfo::of(&req);
-        let classify = classifier_for(req.extensions(), &self.classify);
+        // The route's classifier, if it has one; else the layer's, reached through the report.
+        let route_classify = req
+            .extensions()
+            .get::<ClassifyOverride>()
+            .map(|route| route.0.clone());
         let timeout_at = timeout_at(req.extensions());
         let peek = info.grpc && req.extensions().get::<PeekTrailers>().is_some();
         ResponseFuture {
@@ -553,7 +560,7 @@ where
             state: Some(Pending {
                 info,
                 report: self.report.clone(),
-                classify,
+                route_classify,
                 inspect: self.inspect,
                 timeout_at,
                 peek,
@@ -580,12 +587,30 @@ fn timeout_at(extensions: &http::Extensions) -> Option<tokio::time::Instant> {
 struct Pending {
     info: RequestInfo,
     report: Report,
-    classify: SharedClassify,
+    /// The route's classifier, if it has one (else [`ReportTo::classify`]): the layer's is not
+    /// copied into each request.
+    route_classify: Option<SharedClassify>,
     inspect: ErrorInspector,
     timeout_at: Option<tokio::time::Instant>,
     /// Read the body's first frame before handing the response on when the head leaves the
     /// class open ([`PeekTrailers`]).
     peek: bool,
+}
+
+impl Pending {
+    /// The request's classifier: its route's, else the layer's.
+    fn classify(&self) -> &dyn Classify {
+        self.route_classify
+            .as_deref()
+            .unwrap_or(&*self.report.to.classify)
+    }
+
+    /// The request's classifier, to keep (for a body classified at its end).
+    fn owned_classify(&self) -> SharedClassify {
+        self.route_classify
+            .clone()
+            .unwrap_or_else(|| self.report.to.classify.clone())
+    }
 }
 
 pin_project! {
@@ -617,7 +642,7 @@ pin_project! {
                     tokio::time::Instant::now() + Duration::from_millis(1) >= at
                 });
                 if timed_out {
-                    let class = p.classify.classify_error(p.info, ErrorKind::Timeout);
+                    let class = p.classify().classify_error(p.info, ErrorKind::Timeout);
                     p.report.send(Verdict::Class(class));
                 } else {
                     p.report.send(Verdict::None);
@@ -686,7 +711,7 @@ where
                 }
                 Ok(mut rsp) => {
                     let head = p
-                        .classify
+                        .classify()
                         .classify_head(p.info, rsp.status(), rsp.headers());
                     Ok(match head {
                         HeadClass::Done(class) => {
@@ -705,14 +730,15 @@ where
                             rsp.map(ClassifyBody::passthrough)
                         }
                         HeadClass::AwaitEos if rsp.body().is_end_stream() => {
-                            let class = p.classify.classify_eos(p.info, None);
+                            let class = p.classify().classify_eos(p.info, None);
                             p.report.on_class(class);
                             rsp.extensions_mut().insert(ResponseClass(class));
                             rsp.map(ClassifyBody::passthrough)
                         }
                         HeadClass::AwaitEos if p.peek => {
                             let (parts, body) = rsp.into_parts();
-                            let body = ClassifyBody::new(body, p.classify, p.info, p.report);
+                            let body =
+                                ClassifyBody::new(body, p.owned_classify(), p.info, p.report);
                             *this.peeking = Some(Box::new((parts, body)));
                             // Read the first frame now.
                             continue;
@@ -720,8 +746,9 @@ where
                         HeadClass::AwaitEos => {
                             let late_class = LateClass::new();
                             rsp.extensions_mut().insert(late_class.clone());
+                            let classify = p.owned_classify();
                             let report = p.report.late(late_class);
-                            rsp.map(|b| ClassifyBody::new(b, p.classify, p.info, report))
+                            rsp.map(|b| ClassifyBody::new(b, classify, p.info, report))
                         }
                     })
                 }
@@ -731,7 +758,8 @@ where
                     if kind == ErrorKind::Connect {
                         p.report.send(Verdict::Refused);
                     } else {
-                        p.report.on_class(p.classify.classify_error(p.info, kind));
+                        let class = p.classify().classify_error(p.info, kind);
+                        p.report.on_class(class);
                     }
                     Err(e)
                 }

@@ -484,7 +484,6 @@ async fn a_probe_whose_body_is_dropped_before_its_trailers_still_decides() {
     let svc = Breaker {
         inner: grpc,
         report: failing.report.clone(),
-        classify: failing.classify.clone(),
         inspect: failing.inspect,
         start: None,
     };
@@ -682,5 +681,31 @@ async fn failures_a_full_channel_drops_still_count_toward_the_trip() {
     send_without_yielding(&svc, 7);
     assert_eq!(stats.dropped(), 6);
     settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_s_classifier_decides_what_the_breaker_counts() {
+    use crate::classify::{ClassifyOverride, Preset};
+    let status = Arc::new(AtomicU16::new(500));
+    let health = Health::new();
+    let svc = Breaker::layer(BreakerConfig {
+        consecutive_failures: 3,
+        success_rate: None,
+        ..Default::default()
+    })
+    .layer(endpoint(status), health.clone());
+    // The route says every response is a success: 500s do not count against the endpoint.
+    let all_successful = ClassifyOverride(Classifier::new(Preset::AllSuccessful).shared());
+    for _ in 0..5 {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(all_successful.clone());
+        let rsp = svc.clone().oneshot(req).await.unwrap();
+        rsp.into_body().collect().await.unwrap();
+    }
+    settle().await;
+    assert_eq!(health.state(), HealthState::Available);
+    // Without the route's classifier, the layer's (5xx fail) applies.
+    send(&svc, 3).await;
     assert_eq!(health.state(), HealthState::Ejected);
 }
