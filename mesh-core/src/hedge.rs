@@ -80,6 +80,10 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 ///   hedge) moves a lent hint into the request ([`AvoidEndpoint::attach_lent`]).
 ///
 /// A balancer placed under these layers reads the hint with [`AvoidEndpoint::of`] in its `call`.
+/// A layer of another crate that sends a request later, from another task (tower's `Buffer`),
+/// does not carry a loan along: between the retry layer and the balancer, a first attempt sent
+/// through one records nothing, and its retry may go back to the same endpoint. Put such layers
+/// above the retry layer or below the balancer.
 ///
 /// One small lock per request, taken when an attempt records its endpoint and when a later
 /// attempt asks about one; never shared between requests. While nothing is recorded (the first
