@@ -15,7 +15,7 @@
 //! ## Off the request path
 //!
 //! As in Linkerd 2, the per-endpoint [`Breaker`] service only classifies responses (with the shared
-//! [`Classify`](crate::classify::Classify), observing gRPC trailers through [`ClassifyBody`]), and a
+//! [`Classify`], observing gRPC trailers through [`ClassifyBody`]), and a
 //! task per endpoint decides and flips the [`Health`]. Each outcome is counted where it is
 //! classified: the consecutive failures and the success-rate window are atomics, shared with the
 //! task, with no lock. Only what the task must judge is `try_send`t on a bounded channel: a
