@@ -124,7 +124,8 @@ thread_local! {
 
 /// A loan of an [`AvoidEndpoint`] to the calls below ([`AvoidEndpoint::lend`]), for as long as
 /// it is held. Dropping it (when the call returns or unwinds) ends the loan: a hint nobody took is
-/// dropped, and a loan made before (loans nest) is in force again. It stays on its thread.
+/// dropped, and a loan made before (loans nest) is in force again. It stays on its thread, and
+/// loans end in the reverse order of their making (hold each for one call, as a guard).
 #[must_use = "the hint is lent only while the loan is held"]
 #[derive(Debug)]
 pub struct Loan {
