@@ -329,11 +329,12 @@ pub type SharedClassify = Arc<dyn Classify>;
 #[derive(Clone, Debug)]
 pub struct ClassifyOverride(pub SharedClassify);
 
-/// The classifier for `req`: its [`ClassifyOverride`], else `default`.
-pub fn classifier_for(extensions: &http::Extensions, default: &SharedClassify) -> SharedClassify {
+/// The classifier a request's route gave it ([`ClassifyOverride`]), if any. A layer without one
+/// uses its own, borrowed: only a route's classifier needs a reference per request.
+pub fn route_classifier(extensions: &http::Extensions) -> Option<SharedClassify> {
     extensions
         .get::<ClassifyOverride>()
-        .map_or_else(|| default.clone(), |o| o.0.clone())
+        .map(|route| route.0.clone())
 }
 
 /// The HTTP classification presets (Linkerd 1's names).

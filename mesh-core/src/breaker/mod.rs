@@ -99,7 +99,7 @@ use tokio::sync::mpsc;
 use tower::BoxError;
 
 use crate::classify::{
-    default_error_kind, Class, Classifier, Classify, ClassifyBody, ClassifyOverride,
+    default_error_kind, route_classifier, Class, Classifier, Classify, ClassifyBody,
     ErrorInspector, ErrorKind, HeadClass, LateClass, OnClass, PeekTrailers, RequestInfo,
     ResponseClass, SharedClassify,
 };
@@ -549,10 +549,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let info = RequestInfo::of(&req);
         // The route's classifier, if it has one; else the layer's, reached through the report.
-        let route_classify = req
-            .extensions()
-            .get::<ClassifyOverride>()
-            .map(|route| route.0.clone());
+        let route_classify = route_classifier(req.extensions());
         let timeout_at = timeout_at(req.extensions());
         let peek = info.grpc && req.extensions().get::<PeekTrailers>().is_some();
         ResponseFuture {

@@ -423,14 +423,6 @@ impl<S> Retries<S> {
     }
 }
 
-/// The route's classifier a request carries ([`ClassifyOverride`](crate::classify::ClassifyOverride)),
-/// if any: without one, a request's retries use the layer's and hold no reference of their own.
-fn route_classifier(extensions: &http::Extensions) -> Option<SharedClassify> {
-    extensions
-        .get::<crate::classify::ClassifyOverride>()
-        .map(|route| route.0.clone())
-}
-
 /// Classifies the first attempt's outcome and retries while the outcome is retryable and the
 /// budget, the deadline and `max_retries` allow.
 async fn retry_after_first<S, B, RB>(
@@ -655,7 +647,7 @@ where
                     svc: self.inner.clone(),
                     shared: shared.clone(),
                     route_budget,
-                    route_classify: route_classifier(&parts.extensions),
+                    route_classify: crate::classify::route_classifier(&parts.extensions),
                     info,
                     parts: parts.clone(),
                     avoid: avoid.clone(),
@@ -693,7 +685,7 @@ where
                 return attempt_on(&mut ready, req, per_try).await;
             }
             let info = RequestInfo::new(&parts.method, &parts.headers);
-            let route_classify = route_classifier(&parts.extensions);
+            let route_classify = crate::classify::route_classifier(&parts.extensions);
             let classify = route_classify.as_deref().unwrap_or(&*shared.classify);
             let content_length = parts
                 .headers
