@@ -38,14 +38,26 @@ async fn settle() {
     }
 }
 
-async fn send<S>(svc: &S, n: usize)
-where
+/// A breaker over an [`endpoint`], as the helpers below take it.
+trait EndpointBreaker:
+    tower::Service<
+        Request<()>,
+        Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
+        Error = BoxError,
+    > + Clone
+{
+}
+
+impl<S> EndpointBreaker for S where
     S: tower::Service<
             Request<()>,
             Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
             Error = BoxError,
-        > + Clone,
+        > + Clone
 {
+}
+
+async fn send<S: EndpointBreaker>(svc: &S, n: usize) {
     for _ in 0..n {
         let rsp = svc.clone().oneshot(Request::new(())).await.unwrap();
         // Read the body to its end, as a caller would.
@@ -55,14 +67,7 @@ where
 }
 
 /// Sends `n` requests back to back without letting the breaker task run (no yield between them).
-fn send_without_yielding<S>(svc: &S, n: usize)
-where
-    S: tower::Service<
-            Request<()>,
-            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
-            Error = BoxError,
-        > + Clone,
-{
+fn send_without_yielding<S: EndpointBreaker>(svc: &S, n: usize) {
     for _ in 0..n {
         let mut s = svc.clone();
         let fut = s.call(Request::new(()));
@@ -72,20 +77,11 @@ where
 
 /// A breaker over an endpoint answering `status`, whose channel to its task holds one message
 /// (the rest of `config` as given), and its stats.
-// The type is the breaker's service signature, spelled out as the helpers above spell it.
-#[allow(clippy::type_complexity)]
 fn one_message_channel(
     status: u16,
     config: BreakerConfig,
     health: Health,
-) -> (
-    impl tower::Service<
-            Request<()>,
-            Response = Response<ClassifyBody<Empty<Bytes>, Report>>,
-            Error = BoxError,
-        > + Clone,
-    BreakerStats,
-) {
+) -> (impl EndpointBreaker, BreakerStats) {
     let layer = Breaker::layer(BreakerConfig {
         channel_capacity: 1,
         ..config
