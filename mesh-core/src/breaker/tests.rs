@@ -705,3 +705,56 @@ async fn a_route_s_classifier_decides_what_the_breaker_counts() {
     send(&svc, 3).await;
     assert_eq!(health.state(), HealthState::Ejected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_route_s_classifier_also_judges_the_trailers_of_a_body_read_later() {
+    use crate::classify::ClassifyOverride;
+    /// Waits for the end of every body and calls whatever it finds there a success.
+    #[derive(Debug)]
+    struct TrailersAreFine;
+    impl Classify for TrailersAreFine {
+        fn classify_head(&self, _: RequestInfo, _: StatusCode, _: &HeaderMap) -> HeadClass {
+            HeadClass::AwaitEos
+        }
+        fn classify_eos(&self, _: RequestInfo, _: Option<&HeaderMap>) -> Class {
+            Class::Success
+        }
+        fn classify_error(&self, _: RequestInfo, _: ErrorKind) -> Class {
+            Class::Failure
+        }
+    }
+    let health = Health::new();
+    // The layer's classifier passes every trailer; the route's (the default) reads gRPC statuses.
+    let layer = Breaker::layer(BreakerConfig {
+        consecutive_failures: 2,
+        success_rate: None,
+        ..Default::default()
+    })
+    .classify(Arc::new(TrailersAreFine));
+    let grpc_endpoint = tower::service_fn(|_req: Request<()>| async {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("14"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut rsp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        rsp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let svc = layer.layer(grpc_endpoint, health.clone());
+    let route = ClassifyOverride(Classifier::default().shared());
+    for _ in 0..2 {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        req.extensions_mut().insert(route.clone());
+        let rsp = svc.clone().oneshot(req).await.unwrap();
+        // The head leaves the class open; the trailers, read after the head was handed on, say
+        // UNAVAILABLE: by the route's classifier, a failure.
+        rsp.into_body().collect().await.unwrap();
+    }
+    settle().await;
+    assert_eq!(health.state(), HealthState::Ejected);
+}
