@@ -31,6 +31,31 @@ fn endpoint(
     })
 }
 
+/// A gRPC endpoint whose answer's head looks fine and whose trailers carry `status`.
+fn trailers_only_status(
+    status: &'static str,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<
+        impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin,
+    >,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future + Send,
+> + Clone {
+    tower::service_fn(move |_req: Request<()>| async move {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static(status));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut rsp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        rsp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        Ok::<_, std::convert::Infallible>(rsp)
+    })
+}
+
 /// Lets the breaker task run (the paused clock auto-advances only when all tasks are idle).
 async fn settle() {
     for _ in 0..10 {
@@ -287,18 +312,7 @@ async fn grpc_status_in_trailers_is_reported_at_the_end_of_the_body() {
         success_rate: None,
         ..Default::default()
     });
-    let grpc_endpoint = tower::service_fn(|_req: Request<()>| async {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("13"));
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
-            Ok(Frame::trailers(trailers)),
-        ];
-        let mut rsp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-        rsp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
+    let grpc_endpoint = trailers_only_status("13");
     let svc = layer.layer(grpc_endpoint, health.clone());
     let grpc_req = || {
         let mut req = Request::new(());
@@ -731,18 +745,7 @@ async fn a_route_s_classifier_also_judges_the_trailers_of_a_body_read_later() {
         ..Default::default()
     })
     .classify(Arc::new(TrailersAreFine));
-    let grpc_endpoint = tower::service_fn(|_req: Request<()>| async {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("14"));
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
-            Ok(Frame::trailers(trailers)),
-        ];
-        let mut rsp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-        rsp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
+    let grpc_endpoint = trailers_only_status("14");
     let svc = layer.layer(grpc_endpoint, health.clone());
     let route = ClassifyOverride(Classifier::default().shared());
     for _ in 0..2 {
