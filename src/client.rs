@@ -85,7 +85,7 @@ use mesh_core::classify::{
     Classifier, ClassifyBody, ErrorKind, GrpcClasses, ResponseClass, SharedClassify,
 };
 use mesh_core::deadline::{DeadlineConfig, DeadlineStats, Deadlines, SharedLatency};
-use mesh_core::hedge::AvoidEndpoint;
+use mesh_core::hedge::{AvoidEndpoint, TakenHint};
 use mesh_core::hedge::{Hedge, HedgeConfig, HedgeStats};
 use mesh_core::metrics::HttpMetrics;
 use mesh_core::metrics::{names, CallbackHandle, MetricsError, NameClaim, Succession, Telemetry};
@@ -470,9 +470,10 @@ impl Service<http::Request<Body>> for PreviousHosts {
 
     #[inline]
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        match AvoidEndpoint::of(&req) {
-            Some(avoid) => self.0.call_avoiding(req, &avoid),
-            None => self.0.call(req),
+        match AvoidEndpoint::take(&req) {
+            TakenHint::Hint(avoid) => self.0.call_avoiding(req, &avoid),
+            TakenHint::Recorder(recorder) => self.0.call_avoiding(req, &recorder),
+            TakenHint::None => self.0.call(req),
         }
     }
 }
@@ -1768,9 +1769,11 @@ mod size_tests {
     fn the_client_stack_and_its_future_stay_small() {
         let stack = size_of::<Stack<Body>>();
         assert!(stack <= 160, "the client stack is {stack} bytes");
+        // 296 bytes with the deadline's timer boxed; inline it would add 112 to this future
+        // (and to the client's around it), with or without a deadline.
         let future = size_of::<StackFuture>();
         assert!(
-            future <= 480,
+            future <= 320,
             "the client stack's response future is {future} bytes"
         );
     }

@@ -54,6 +54,7 @@ use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use http_body::Body;
 use smallvec::SmallVec;
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,12 +75,17 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 ///
 /// A request carries it in one of two ways, and [`AvoidEndpoint::of`] finds either:
 /// - as a request extension (retries and hedges, and a hint the caller set);
-/// - *lent* ([`AvoidEndpoint::lend`]) while the request is handed down synchronously: the retry
-///   layer sends a first attempt this way, which spares a request that never retries the
-///   extension map's three allocations. A layer that keeps a request to send later (a queue, a
-///   hedge) moves a lent hint into the request ([`AvoidEndpoint::attach_lent`]).
+/// - *lent* ([`AvoidEndpoint::lend`]) while the request is handed down synchronously. The retry
+///   layer sends a first attempt under a *recording* loan ([`Loan::recording`]) instead, which
+///   lends no hint at all: the balancer records the endpoint it chose into the loan, and the
+///   hint is made only for a retry. A request that never retries allocates neither a hint nor the
+///   extension map to carry one. A layer that keeps a request to send later (a queue, a hedge)
+///   moves a lent hint into the request, or makes one from a recording loan
+///   ([`AvoidEndpoint::attach_lent`]).
 ///
-/// A balancer placed under these layers reads the hint with [`AvoidEndpoint::of`] in its `call`.
+/// A balancer placed under these layers reads the hint in its `call`: with
+/// [`AvoidEndpoint::take`], which takes a recording loan as a [`Recorder`], or with
+/// [`AvoidEndpoint::of`], which makes a hint from it.
 /// A layer of another crate that sends a request later, from another task (tower's `Buffer`),
 /// does not carry a loan along: between the retry layer and the balancer, a first attempt sent
 /// through one records nothing, and its retry may go back to the same endpoint. Put such layers
@@ -118,31 +124,263 @@ struct AvoidList {
 }
 
 thread_local! {
-    /// The hint a layer lends while it hands a request down ([`AvoidEndpoint::lend`]).
-    static LENT: std::cell::Cell<Option<AvoidEndpoint>> = const { std::cell::Cell::new(None) };
+    /// The state of this thread's loan ([`AvoidEndpoint::lend`], [`Loan::recording`]). One byte,
+    /// so a recording loan (every first attempt's) costs a few loads and stores.
+    static LOAN: std::cell::Cell<LoanState> = const { std::cell::Cell::new(LoanState::Nothing) };
+    /// The endpoint of a [`LoanState::Recorded`] loan.
+    static RECORDED: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+    /// The hint of a [`LoanState::Hint`] or [`LoanState::Made`] loan.
+    static HINT: std::cell::Cell<Option<AvoidEndpoint>> = const { std::cell::Cell::new(None) };
+}
+
+/// The state of this thread's loan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoanState {
+    /// Nothing lent, or what was lent has been taken.
+    Nothing,
+    /// A hint lent by [`AvoidEndpoint::lend`] (in [`HINT`]), for the first taker.
+    Hint,
+    /// A recording loan ([`Loan::recording`]) nobody has taken yet.
+    Record,
+    /// Taken from a recording loan: the endpoint the taker recorded (in [`RECORDED`]), for the
+    /// lender.
+    Recorded,
+    /// Taken from a recording loan by a taker that needed a hint of its own (a queue, a hedge,
+    /// a balancer asking with [`AvoidEndpoint::of`]): that hint (in [`HINT`]), for the lender.
+    Made,
+}
+
+/// What a taker took from this thread's loan.
+enum Lent {
+    Nothing,
+    Hint(AvoidEndpoint),
+    Record,
+}
+
+impl Lent {
+    /// Takes what a taker may take (a lent hint or a recording loan) and leaves the rest.
+    #[inline]
+    fn take_lent() -> Lent {
+        match LOAN.get() {
+            LoanState::Record => {
+                LOAN.set(LoanState::Nothing);
+                Lent::Record
+            }
+            LoanState::Hint => {
+                LOAN.set(LoanState::Nothing);
+                match HINT.try_with(std::cell::Cell::take).ok().flatten() {
+                    Some(hint) => Lent::Hint(hint),
+                    None => Lent::Nothing,
+                }
+            }
+            _ => Lent::Nothing,
+        }
+    }
+
+    /// The hint a taker of a recording loan makes for itself; its lender gets it too.
+    fn make_for_lender() -> AvoidEndpoint {
+        let hint = AvoidEndpoint::default();
+        if HINT.try_with(|h| h.set(Some(hint.clone()))).is_ok() {
+            LOAN.set(LoanState::Made);
+        }
+        hint
+    }
 }
 
 /// A loan of an [`AvoidEndpoint`] to the calls below ([`AvoidEndpoint::lend`]), for as long as
 /// it is held. Dropping it (when the call returns or unwinds) ends the loan: a hint nobody took is
 /// dropped, and a loan made before (loans nest) is in force again. It stays on its thread, and
 /// loans end in the reverse order of their making (hold each for one call, as a guard).
+///
+/// A *recording* loan ([`Loan::recording`]) lends no hint: it asks the first taker to say which
+/// endpoint it chose, and [`Loan::recorded`] tells the lender. The retry layer sends a first
+/// attempt under one, so a request that never retries allocates no hint at all.
 #[must_use = "the hint is lent only while the loan is held"]
-#[derive(Debug)]
 pub struct Loan {
-    /// The loan in force before this one.
-    before: Option<AvoidEndpoint>,
-    /// Whether the hint could be lent (the thread's locals may be torn down).
-    lent: bool,
+    /// The state of the loan in force before this one; `None` once this one has ended.
+    before: Option<LoanState>,
+    /// That loan's hint or recorded endpoint, when it had one.
+    before_value: Before,
     /// A loan belongs to the thread it was made on.
     _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// What a loan keeps of the loan in force before it, besides its state.
+enum Before {
+    Nothing,
+    Hint(Option<AvoidEndpoint>),
+    Recorded(Option<SocketAddr>),
+}
+
+impl fmt::Debug for Loan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan")
+            .field("in_force", &self.before.is_some())
+            .finish()
+    }
+}
+
+/// What the first attempt sent under a recording loan ([`Loan::recording`]) went to.
+#[derive(Clone, Debug, Default)]
+pub enum Recorded {
+    /// Nothing was recorded: no balancer took the loan, or it sent the request nowhere (yet).
+    #[default]
+    Nothing,
+    /// The endpoint the balancer chose.
+    Endpoint(SocketAddr),
+    /// The hint a layer below made from the loan (it sends the request later, or the balancer
+    /// asked with [`AvoidEndpoint::of`]); the balancer records the endpoint in it when it sends.
+    Hint(AvoidEndpoint),
+}
+
+impl Recorded {
+    /// A hint for the request's next attempts, holding what the first one went to.
+    pub fn into_hint(self) -> AvoidEndpoint {
+        match self {
+            Recorded::Nothing => AvoidEndpoint::default(),
+            Recorded::Endpoint(endpoint) => {
+                let hint = AvoidEndpoint::default();
+                hint.record(endpoint);
+                hint
+            }
+            Recorded::Hint(hint) => hint,
+        }
+    }
+}
+
+impl Loan {
+    /// Puts `state` (and `hint`, for a [`LoanState::Hint`]) in force, keeping what it replaces.
+    #[inline]
+    fn lending(state: LoanState, hint: Option<AvoidEndpoint>) -> Loan {
+        let before = LOAN.replace(state);
+        let before_value = match before {
+            // Without the thread's locals (torn down) there is no hint to keep or lend; the
+            // attempt goes without it.
+            LoanState::Hint | LoanState::Made => {
+                Before::Hint(HINT.try_with(|h| h.replace(hint)).ok().flatten())
+            }
+            LoanState::Recorded => {
+                if let Some(hint) = hint {
+                    let _ = HINT.try_with(|h| h.set(Some(hint)));
+                }
+                Before::Recorded(RECORDED.get())
+            }
+            LoanState::Nothing | LoanState::Record => {
+                if let Some(hint) = hint {
+                    let _ = HINT.try_with(|h| h.set(Some(hint)));
+                }
+                Before::Nothing
+            }
+        };
+        Loan {
+            before: Some(before),
+            before_value,
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    /// Ends the loan, putting the one before it in force again, and returns what this one
+    /// leaves for its lender.
+    #[inline]
+    fn end(&mut self) -> Recorded {
+        let Some(before) = self.before.take() else {
+            return Recorded::Nothing;
+        };
+        let state = LOAN.replace(before);
+        let left = match state {
+            LoanState::Recorded => RECORDED.get().map_or(Recorded::Nothing, Recorded::Endpoint),
+            LoanState::Hint | LoanState::Made => {
+                match HINT.try_with(std::cell::Cell::take).ok().flatten() {
+                    Some(hint) if state == LoanState::Made => Recorded::Hint(hint),
+                    _ => Recorded::Nothing,
+                }
+            }
+            LoanState::Nothing | LoanState::Record => Recorded::Nothing,
+        };
+        match std::mem::replace(&mut self.before_value, Before::Nothing) {
+            Before::Nothing => {}
+            Before::Hint(hint) => {
+                let _ = HINT.try_with(|h| h.set(hint));
+            }
+            Before::Recorded(endpoint) => RECORDED.set(endpoint),
+        }
+        left
+    }
+
+    /// A recording loan: the first taker below ([`AvoidEndpoint::take`], [`AvoidEndpoint::of`],
+    /// [`AvoidEndpoint::attach_lent`]) has nothing to avoid and records the endpoint it sends
+    /// to; [`Loan::recorded`] ends the loan and says what was recorded. Only a taker that keeps
+    /// the request, or asks with [`AvoidEndpoint::of`], makes (allocates) a hint.
+    ///
+    /// ```
+    /// use mesh_core::hedge::{AvoidEndpoint, Loan, Recorded, TakenHint};
+    /// use mesh_balance::Avoid;
+    /// use std::net::SocketAddr;
+    ///
+    /// let req = http::Request::new(());
+    /// let endpoint = SocketAddr::from(([127, 0, 0, 1], 8080));
+    /// let loan = Loan::recording();
+    /// // A balancer below, in its `call`:
+    /// if let TakenHint::Recorder(recorder) = AvoidEndpoint::take(&req) {
+    ///     assert!(!recorder.avoids(&endpoint));
+    ///     recorder.record(&endpoint);
+    /// }
+    /// assert!(matches!(loan.recorded(), Recorded::Endpoint(e) if e == endpoint));
+    /// ```
+    #[inline]
+    pub fn recording() -> Loan {
+        Loan::lending(LoanState::Record, None)
+    }
+
+    /// Ends the loan and says what the first attempt sent under it went to (always
+    /// [`Recorded::Nothing`] for a loan of a hint, which its lender holds itself).
+    #[inline]
+    pub fn recorded(mut self) -> Recorded {
+        self.end()
+    }
 }
 
 impl Drop for Loan {
     #[inline]
     fn drop(&mut self) {
-        if self.lent {
-            let before = self.before.take();
-            let _ = LENT.try_with(|lent| drop(lent.replace(before)));
+        if self.before.is_some() {
+            self.end();
+        }
+    }
+}
+
+/// What a balancer takes for one request ([`AvoidEndpoint::take`]).
+#[derive(Debug)]
+pub enum TakenHint {
+    /// No hint: the request goes anywhere, and nobody asks where.
+    None,
+    /// The request's hint (its extension or a lent one): avoid what it holds, record in it.
+    Hint(AvoidEndpoint),
+    /// A recording loan's first attempt: nothing to avoid; record the endpoint for the lender.
+    Recorder(Recorder),
+}
+
+/// Records the endpoint a first attempt sent under a recording loan ([`Loan::recording`]) goes to,
+/// for its lender; avoids nothing. Use it within the `call` that took it
+/// ([`AvoidEndpoint::take`]), on the same thread: it records into the thread's loan.
+#[derive(Debug)]
+pub struct Recorder {
+    _private: (),
+}
+
+impl mesh_balance::Avoid<SocketAddr> for Recorder {
+    #[inline]
+    fn avoids(&self, _: &SocketAddr) -> bool {
+        false
+    }
+
+    /// Keeps the first endpoint recorded. Nothing is kept while a loan made after the take is
+    /// in force (that loan is another request's).
+    #[inline]
+    fn record(&self, key: &SocketAddr) {
+        if LOAN.get() == LoanState::Nothing {
+            LOAN.set(LoanState::Recorded);
+            RECORDED.set(Some(*key));
         }
     }
 }
@@ -199,42 +437,54 @@ impl AvoidEndpoint {
     /// never reaches another request.
     #[inline]
     pub fn lend(self) -> Loan {
-        match LENT.try_with(|lent| lent.replace(Some(self))) {
-            Ok(before) => Loan {
-                before,
-                lent: true,
-                _thread: std::marker::PhantomData,
-            },
-            // Without the thread's locals nothing can be lent; the attempt goes without it.
-            Err(_) => Loan {
-                before: None,
-                lent: false,
-                _thread: std::marker::PhantomData,
-            },
-        }
+        Loan::lending(LoanState::Hint, Some(self))
     }
 
     /// The hint of a request being handed down: the one it carries as an extension, else the one
     /// a layer above lent ([`AvoidEndpoint::lend`]), which is then taken (so a client nested
-    /// below does not take it too).
+    /// below does not take it too). Under a recording loan ([`Loan::recording`]) it makes a
+    /// hint, which the lender gets too; a balancer that records in its `call` spares that
+    /// allocation with [`AvoidEndpoint::take`].
     #[inline]
     pub fn of<B>(req: &Request<B>) -> Option<AvoidEndpoint> {
         if let Some(hint) = req.extensions().get::<AvoidEndpoint>() {
             return Some(hint.clone());
         }
-        LENT.try_with(std::cell::Cell::take).ok().flatten()
+        match Lent::take_lent() {
+            Lent::Hint(hint) => Some(hint),
+            Lent::Record => Some(Lent::make_for_lender()),
+            _ => None,
+        }
+    }
+
+    /// What a balancer applies to a request in its `call`, as [`AvoidEndpoint::of`] finds it,
+    /// except that a recording loan ([`Loan::recording`]) is taken as a [`Recorder`] (no hint to
+    /// allocate). The balancer must record the endpoint before its `call` returns.
+    #[inline]
+    pub fn take<B>(req: &Request<B>) -> TakenHint {
+        if let Some(hint) = req.extensions().get::<AvoidEndpoint>() {
+            return TakenHint::Hint(hint.clone());
+        }
+        match Lent::take_lent() {
+            Lent::Hint(hint) => TakenHint::Hint(hint),
+            Lent::Record => TakenHint::Recorder(Recorder { _private: () }),
+            _ => TakenHint::None,
+        }
     }
 
     /// Moves a lent hint into `req`'s extensions, for a layer that keeps the request to send it
-    /// after its own `call` has returned (a queue, a hedge). A request that carries a hint
-    /// already keeps its own.
+    /// after its own `call` has returned (a queue, a hedge); under a recording loan, a hint made
+    /// for it, which the lender gets too. A request that carries a hint already keeps its own.
     pub fn attach_lent<B>(req: &mut Request<B>) {
         if req.extensions().get::<AvoidEndpoint>().is_some() {
             return;
         }
-        if let Some(hint) = LENT.try_with(std::cell::Cell::take).ok().flatten() {
-            req.extensions_mut().insert(hint);
-        }
+        let hint = match Lent::take_lent() {
+            Lent::Hint(hint) => hint,
+            Lent::Record => Lent::make_for_lender(),
+            _ => return,
+        };
+        req.extensions_mut().insert(hint);
     }
 }
 
@@ -874,6 +1124,170 @@ pub(crate) mod tests {
             &carrying.extensions().get::<AvoidEndpoint>().unwrap().0,
             &own.0
         ));
+    }
+
+    /// Records `endpoint` as a balancer does in its `call`; whether it found a recording loan.
+    fn record_as_balancer(req: &Request<()>, endpoint: SocketAddr) -> bool {
+        use mesh_balance::Avoid as _;
+        match AvoidEndpoint::take(req) {
+            TakenHint::Recorder(recorder) => {
+                assert!(
+                    !recorder.avoids(&endpoint),
+                    "a first attempt avoids nothing"
+                );
+                recorder.record(&endpoint);
+                true
+            }
+            TakenHint::Hint(hint) => {
+                hint.record(endpoint);
+                false
+            }
+            TakenHint::None => false,
+        }
+    }
+
+    fn recorded_endpoint(recorded: Recorded) -> Option<SocketAddr> {
+        match recorded {
+            Recorded::Endpoint(endpoint) => Some(endpoint),
+            Recorded::Nothing | Recorded::Hint(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_recording_loan_tells_its_lender_the_first_endpoint_its_taker_chose() {
+        let bare = Request::new(());
+        let (a, b) = (
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 1], 2)),
+        );
+        let loan = Loan::recording();
+        assert!(record_as_balancer(&bare, a), "taken as a recorder");
+        // Taken once: a second taker (a client nested below) finds nothing lent ...
+        assert!(matches!(AvoidEndpoint::take(&bare), TakenHint::None));
+        assert!(AvoidEndpoint::of(&bare).is_none());
+        // ... and a second record (by a taker that kept its recorder) keeps the first.
+        mesh_balance::Avoid::record(&Recorder { _private: () }, &b);
+        assert_eq!(recorded_endpoint(loan.recorded()), Some(a));
+        // The loan has ended: nothing is lent, and nothing left over reaches the next request.
+        assert!(matches!(AvoidEndpoint::take(&bare), TakenHint::None));
+        let next = Loan::recording();
+        assert!(matches!(next.recorded(), Recorded::Nothing), "not taken");
+        // A recorder whose loan has ended records nothing that a later loan would report.
+        mesh_balance::Avoid::record(&Recorder { _private: () }, &b);
+        let later = Loan::recording();
+        assert!(matches!(later.recorded(), Recorded::Nothing));
+        // Nor after a call that panicked under the loan.
+        let unwound = std::panic::catch_unwind(|| {
+            let _loan = Loan::recording();
+            panic!("in the call");
+        });
+        assert!(unwound.is_err());
+        assert!(matches!(AvoidEndpoint::take(&bare), TakenHint::None));
+    }
+
+    #[test]
+    fn a_request_s_own_hint_comes_before_a_recording_loan() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let own = AvoidEndpoint::default();
+        let mut carrying = Request::new(());
+        carrying.extensions_mut().insert(own.clone());
+        let loan = Loan::recording();
+        assert!(!record_as_balancer(&carrying, a), "the request's own hint");
+        assert_eq!(own.endpoints(), vec![a]);
+        assert!(
+            matches!(loan.recorded(), Recorded::Nothing),
+            "still untaken"
+        );
+    }
+
+    #[test]
+    fn a_taker_that_needs_a_hint_makes_one_and_its_lender_gets_the_same() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        // A queue or a hedge: the request keeps the hint to be sent later.
+        let mut kept = Request::new(());
+        let loan = Loan::recording();
+        AvoidEndpoint::attach_lent(&mut kept);
+        let Recorded::Hint(lenders) = loan.recorded() else {
+            panic!("the lender gets the hint made for the request");
+        };
+        AvoidEndpoint::of(&kept).unwrap().record(a);
+        assert_eq!(lenders.endpoints(), vec![a], "one hint, shared");
+        // A balancer asking with `of`.
+        let bare = Request::new(());
+        let loan = Loan::recording();
+        let asked = AvoidEndpoint::of(&bare).expect("a hint made from the loan");
+        asked.record(a);
+        let Recorded::Hint(lenders) = loan.recorded() else {
+            panic!("the lender gets the hint made for the balancer");
+        };
+        assert!(Arc::ptr_eq(&lenders.0, &asked.0));
+        assert_eq!(Arc::strong_count(&asked.0), 2, "no loan kept a reference");
+    }
+
+    #[test]
+    fn recording_loans_nest_with_each_other_and_with_lent_hints() {
+        let (a, b, c, d) = (
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 1], 2)),
+            SocketAddr::from(([127, 0, 0, 1], 3)),
+            SocketAddr::from(([127, 0, 0, 1], 4)),
+        );
+        let bare = Request::new(());
+        let hint = AvoidEndpoint::default();
+        let outer = Loan::recording();
+        assert!(record_as_balancer(&bare, a));
+        // Below the endpoint the first attempt went to, a nested client's own loans.
+        let nested = Loan::recording();
+        assert!(record_as_balancer(&bare, b));
+        let innermost = hint.clone().lend();
+        assert!(!record_as_balancer(&bare, c), "the lent hint, innermost");
+        drop(innermost);
+        assert_eq!(recorded_endpoint(nested.recorded()), Some(b));
+        // The outer loan was taken already: the next taker finds nothing ...
+        assert!(!record_as_balancer(&bare, d));
+        // ... and the outer lender still learns its own endpoint.
+        assert_eq!(recorded_endpoint(outer.recorded()), Some(a));
+        assert_eq!(hint.endpoints(), vec![c]);
+        // A recording loan inside an untaken lent hint, and the hint lent again after it.
+        let lent = hint.clone().lend();
+        let inner = Loan::recording();
+        assert!(record_as_balancer(&bare, d));
+        assert_eq!(recorded_endpoint(inner.recorded()), Some(d));
+        assert!(!record_as_balancer(&bare, a), "the hint, lent again");
+        drop(lent);
+        assert_eq!(hint.endpoints(), vec![c, a]);
+        assert_eq!(Arc::strong_count(&hint.0), 1, "no loan kept a reference");
+    }
+
+    #[test]
+    fn what_was_recorded_becomes_the_hint_of_the_next_attempts() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(Recorded::Endpoint(a).into_hint().endpoints(), vec![a]);
+        assert!(Recorded::Nothing.into_hint().endpoints().is_empty());
+        let made = AvoidEndpoint::default();
+        made.record(a);
+        let hint = Recorded::Hint(made.clone()).into_hint();
+        assert!(Arc::ptr_eq(&hint.0, &made.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedged_request_under_a_recording_loan_gives_its_lender_both_endpoints() {
+        use tower::Service as _;
+        let backend = Backend::default();
+        let mut svc =
+            Hedge::layer(fixed(50), budget(10, 0.2)).layer(backend.service(Duration::from_secs(5)));
+        svc.ready().await.unwrap();
+        let loan = Loan::recording();
+        let fut = svc.call(request(Method::GET));
+        let recorded = loan.recorded();
+        assert_eq!(*fut.await.unwrap().body(), 1, "the hedge answered");
+        let Recorded::Hint(hint) = recorded else {
+            panic!("the hedge keeps the request: a hint was made for it");
+        };
+        let first = SocketAddr::from(([127, 0, 0, 1], 1000));
+        let hedge = SocketAddr::from(([127, 0, 0, 1], 1001));
+        assert_eq!(*backend.avoided.lock().unwrap(), vec![None, Some(first)]);
+        assert_eq!(hint.endpoints(), vec![first, hedge]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,10 +14,13 @@
 //! A [`ClassifyOverride`](crate::classify::ClassifyOverride) request extension (the route's
 //! classifier) replaces the layer's classifier for that request.
 //!
-//! Every attempt of a request carries the same [`AvoidEndpoint`](crate::hedge::AvoidEndpoint), so a
+//! Every retry of a request carries the same [`AvoidEndpoint`](crate::hedge::AvoidEndpoint), so a
 //! retry goes to an endpoint no earlier attempt used whenever the balancer has one. A first attempt
-//! sent from `call` has it lent rather than inserted; a balancer below finds it either way with
-//! [`AvoidEndpoint::of`](crate::hedge::AvoidEndpoint::of).
+//! sent from `call` carries none: it is sent under a recording loan
+//! ([`Loan::recording`](crate::hedge::Loan::recording)), into which the balancer records the
+//! endpoint it chose, and the hint is made only if a retry follows. A balancer below finds either
+//! with [`AvoidEndpoint::take`](crate::hedge::AvoidEndpoint::take) (or
+//! [`AvoidEndpoint::of`](crate::hedge::AvoidEndpoint::of), which makes the hint at once).
 //!
 //! Between attempts it waits a decorrelated-jitter [`Backoff`] (25 ms base). Each attempt may have a
 //! per-try timeout (an attempt that times out is classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), retryable
@@ -95,6 +98,7 @@ use crate::classify::{
     SharedClassify,
 };
 use crate::deadline::{Deadline, NoEstimate, SharedLatency};
+use crate::hedge::{AvoidEndpoint, Loan, Recorded};
 
 /// A request extension that turns retries off for this request (e.g. set by the router for a
 /// route whose policy disables them). The request still deposits into the budget.
@@ -407,9 +411,9 @@ struct Retries<S> {
     info: RequestInfo,
     /// The request's head, copied before the first attempt's was marked ([`mark_attempt`]).
     parts: http::request::Parts,
-    /// The avoid hint the first attempt carried (as an extension, or lent while it was sent), if
-    /// this layer made it (the copy of the head lacks it).
-    avoid: Option<crate::hedge::AvoidEndpoint>,
+    /// Where the first attempt went, if this layer asked ([`Loan::recording`]); `None` when the
+    /// request carries a hint of its own (the copy of the head has it).
+    first: Option<Recorded>,
     replay: Replay,
     deadline: Option<Deadline>,
 }
@@ -438,7 +442,11 @@ where
     let per_try = shared.config.per_try_timeout;
     let mut backoff = Backoff::new(shared.config.backoff);
     let mut retries = 0;
-    mark_attempt(&mut r.parts, r.avoid.take(), r.info);
+    mark_attempt(
+        &mut r.parts,
+        r.first.take().map(Recorded::into_hint),
+        r.info,
+    );
     loop {
         let class = classify_outcome(r.classifier(), shared.inspect, r.info, &result);
         if !class.is_retryable() {
@@ -641,8 +649,8 @@ where
             // The first attempt goes in place, on the service made ready; what a retry needs is
             // set aside in one box (built in place: the head's copy is taken inside it).
             let info = RequestInfo::new(&parts.method, &parts.headers);
-            let avoid = new_avoid_hint(&parts);
-            let then: ThenRetry<RB> = Box::new(Pending::<_, B> {
+            let own_hint = parts.extensions.get::<AvoidEndpoint>().is_some();
+            let mut pending = Box::new(Pending::<_, B> {
                 retries: Retries {
                     svc: self.inner.clone(),
                     shared: shared.clone(),
@@ -650,19 +658,22 @@ where
                     route_classify: crate::classify::route_classifier(&parts.extensions),
                     info,
                     parts: parts.clone(),
-                    avoid: avoid.clone(),
+                    first: None,
                     deadline: parts.extensions.get::<Deadline>().copied(),
                     replay: Replay::default(),
                 },
                 _body: std::marker::PhantomData,
             });
-            // The first attempt's hint is lent, not inserted: no extension map to allocate for
-            // a request that never retries.
+            // The first attempt carries no hint: the balancer records the endpoint it chose
+            // into a recording loan, and a hint is made only for a retry (a request that never
+            // retries allocates none, nor an extension map to carry one).
             mark_attempt(&mut parts, None, info);
-            let _loan = avoid.map(crate::hedge::AvoidEndpoint::lend);
+            let loan = (!own_hint).then(Loan::recording);
             let fut = self
                 .inner
                 .call(Request::from_parts(parts, Replay::default().body()));
+            pending.retries.first = loan.map(Loan::recorded);
+            let then: ThenRetry<RB> = pending;
             return ResponseFuture {
                 state: State::First {
                     fut,
@@ -719,7 +730,7 @@ where
                 route_classify,
                 info,
                 parts: saved,
-                avoid,
+                first: avoid.map(Recorded::Hint),
                 replay,
             };
             retry_after_first(retries, result).await
