@@ -211,7 +211,29 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
+    own: Arc<Own<S>>,
+}
+
+/// What every request through one [`Retry`] shares: the layer's settings, and a clone of the
+/// inner service made with the layer, from which a retry takes its own. A request that is never
+/// retried then clones no service (for the balancer, reference counts and a seed shared by every
+/// thread). The mutex, taken only to clone for a retry, keeps the inner service free of a `Sync`
+/// bound (tower's `BoxCloneService` is not `Sync`).
+#[derive(Debug)]
+struct Own<S> {
     shared: Arc<Shared>,
+    template: std::sync::Mutex<S>,
+}
+
+impl<S: Clone> Own<S> {
+    /// A service for a request's retries.
+    fn service(&self) -> S {
+        // A panic in a clone cannot leave the template half-made: it is only read.
+        self.template
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// The [`Retry`] layer; built by [`Retry::layer`], refined with its builder methods.
@@ -264,13 +286,16 @@ impl RetryLayer {
     }
 }
 
-impl<S> tower::Layer<S> for RetryLayer {
+impl<S: Clone> tower::Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
+            own: Arc::new(Own {
+                shared: self.shared.clone(),
+                template: std::sync::Mutex::new(inner.clone()),
+            }),
             inner,
-            shared: self.shared.clone(),
         }
     }
 }
@@ -400,9 +425,10 @@ where
 
 /// What a request's retries need, set aside while its first attempt is in flight.
 struct Retries<S> {
-    /// A clone of the inner service; serves every retry (the first attempt used the ready one).
-    svc: S,
-    shared: Arc<Shared>,
+    /// The service that serves every retry: the one the first attempt used when it was sent from
+    /// the response future, else a clone of [`Own::template`] taken for the first retry.
+    svc: Option<S>,
+    own: Arc<Own<S>>,
     /// The route's own budget, if it has one; else the layer's ([`Shared::budget`]).
     route_budget: Option<Budget>,
     /// The route's classifier ([`ClassifyOverride`](crate::classify::ClassifyOverride)), if it
@@ -423,7 +449,7 @@ impl<S> Retries<S> {
     fn classifier(&self) -> &dyn Classify {
         self.route_classify
             .as_deref()
-            .unwrap_or(&*self.shared.classify)
+            .unwrap_or(&*self.own.shared.classify)
     }
 }
 
@@ -434,10 +460,10 @@ async fn retry_after_first<S, B, RB>(
     mut result: Result<Response<RB>, BoxError>,
 ) -> Result<Response<RB>, BoxError>
 where
-    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
 {
-    let shared = r.shared.clone();
+    let shared = r.own.shared.clone();
     let stats = &shared.stats.0;
     let per_try = shared.config.per_try_timeout;
     let mut backoff = Backoff::new(shared.config.backoff);
@@ -467,7 +493,8 @@ where
             crate::deadline::propagate(&mut r.parts.headers, d);
         }
         let req = Request::from_parts(r.parts.clone(), r.replay.body());
-        result = attempt_on(&mut r.svc, req, per_try).await;
+        let svc = r.svc.get_or_insert_with(|| r.own.service());
+        result = attempt_on(svc, req, per_try).await;
     }
 }
 
@@ -494,7 +521,7 @@ struct Pending<S, B> {
 
 impl<S, B, RB> PendingRetries<RB> for Pending<S, B>
 where
-    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Unpin + Send + 'static,
@@ -503,7 +530,7 @@ where
 {
     fn classify(&self, result: &Result<Response<RB>, BoxError>) -> Class {
         let r = &self.retries;
-        classify_outcome(r.classifier(), r.shared.inspect, r.info, result)
+        classify_outcome(r.classifier(), r.own.shared.inspect, r.info, result)
     }
 
     fn start(self: Box<Self>, result: Result<Response<RB>, BoxError>) -> BoxResponse<RB> {
@@ -622,7 +649,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let shared = &self.shared;
+        let shared = &self.own.shared;
         let stats = &shared.stats.0;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         // A route's own budget replaces the shared one.
@@ -652,8 +679,8 @@ where
             let own_hint = parts.extensions.get::<AvoidEndpoint>().is_some();
             let mut pending = Box::new(Pending::<_, B> {
                 retries: Retries {
-                    svc: self.inner.clone(),
-                    shared: shared.clone(),
+                    svc: None,
+                    own: self.own.clone(),
                     route_budget,
                     route_classify: crate::classify::route_classifier(&parts.extensions),
                     info,
@@ -684,8 +711,9 @@ where
         // The ready service goes into the future and serves every attempt.
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        let shared = shared.clone();
+        let own = self.own.clone();
         let fut = Box::pin(async move {
+            let shared = &own.shared;
             let stats = &shared.stats.0;
             if no_retry {
                 let body = ReplayBody::Streaming {
@@ -723,9 +751,9 @@ where
             let req = Request::from_parts(parts, replay.body());
             let result = attempt_on(&mut ready, req, per_try).await;
             let retries = Retries {
-                svc: ready,
+                svc: Some(ready),
                 deadline: saved.extensions.get::<Deadline>().copied(),
-                shared,
+                own: own.clone(),
                 route_budget,
                 route_classify,
                 info,

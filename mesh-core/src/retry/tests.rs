@@ -378,3 +378,51 @@ async fn a_request_with_nothing_to_buffer_is_sent_from_call_and_its_retry_avoids
         "the retry carries the hint the first attempt recorded its endpoint in"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_is_not_retried_clones_no_service_and_a_retried_one_clones_one() {
+    use crate::test_util::CountClones;
+    let backend = Backend::default();
+    let clones = Arc::new(AtomicUsize::new(0));
+    let answer = |n| Answer::Status(if n == 10 { 503 } else { 200 });
+    let inner = CountClones::new(backend.service(answer), clones.clone());
+    let mut svc = Retry::layer(RetryConfig::default(), budget(10, 0.2)).layer(inner);
+    let made = clones.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        svc.ready().await.unwrap();
+        let rsp = svc.call(get(b"")).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        made,
+        "ten requests sent from call and never retried clone no service"
+    );
+    // The eleventh call fails: its retry goes through a clone of the layer's service.
+    svc.ready().await.unwrap();
+    let rsp = svc.call(get(b"")).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(backend.calls(), 12);
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        made + 1,
+        "one clone, for the retry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_need_not_be_sync_for_the_response_future_to_be_send() {
+    fn assert_send<T: Send>(t: T) -> T {
+        t
+    }
+    let backend = Backend::default();
+    // tower's boxed cloneable service is `Send` but not `Sync`.
+    let inner = tower::util::BoxCloneService::new(
+        backend.service(|n| Answer::Status(if n == 0 { 503 } else { 200 })),
+    );
+    let mut svc = Retry::layer(RetryConfig::default(), budget(10, 0.2)).layer(inner);
+    svc.ready().await.unwrap();
+    let rsp = assert_send(svc.call(get(b""))).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(backend.calls(), 2, "retried");
+}
