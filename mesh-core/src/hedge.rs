@@ -91,10 +91,10 @@ use crate::retry::{attempt, Budget, Prepared, ReplayBody, DEFAULT_BUFFER_LIMIT};
 /// through one records nothing, and its retry may go back to the same endpoint. Put such layers
 /// above the retry layer or below the balancer.
 ///
-/// One small lock per request, taken when an attempt records its endpoint and when a later
-/// attempt asks about one; never shared between requests. While nothing is recorded (the first
-/// attempt's choice, the usual case) asking takes no lock. The first three endpoints (a request
-/// and two retries or hedges) are kept without a further allocation.
+/// One small lock per hint, taken when an attempt records its endpoint and when a later attempt
+/// asks about one; never shared between requests. While nothing is recorded asking takes no
+/// lock, and a first attempt sent under a recording loan has no hint to lock at all. The first
+/// three endpoints (a request and two retries or hedges) are kept without a further allocation.
 ///
 /// ```
 /// use mesh_core::hedge::AvoidEndpoint;

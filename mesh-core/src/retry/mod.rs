@@ -14,13 +14,11 @@
 //! A [`ClassifyOverride`](crate::classify::ClassifyOverride) request extension (the route's
 //! classifier) replaces the layer's classifier for that request.
 //!
-//! Every retry of a request carries the same [`AvoidEndpoint`](crate::hedge::AvoidEndpoint), so a
-//! retry goes to an endpoint no earlier attempt used whenever the balancer has one. A first attempt
-//! sent from `call` carries none: it is sent under a recording loan
-//! ([`Loan::recording`](crate::hedge::Loan::recording)), into which the balancer records the
-//! endpoint it chose, and the hint is made only if a retry follows. A balancer below finds either
-//! with [`AvoidEndpoint::take`](crate::hedge::AvoidEndpoint::take) (or
-//! [`AvoidEndpoint::of`](crate::hedge::AvoidEndpoint::of), which makes the hint at once).
+//! Every retry of a request carries the same [`AvoidEndpoint`], so a retry goes to an endpoint no
+//! earlier attempt used whenever the balancer has one. A first attempt sent from `call` carries
+//! none: it is sent under a recording loan ([`Loan::recording`]), into which the balancer records
+//! the endpoint it chose, and the hint is made only if a retry follows. A balancer below finds
+//! either with [`AvoidEndpoint::take`] (or [`AvoidEndpoint::of`], which makes the hint at once).
 //!
 //! Between attempts it waits a decorrelated-jitter [`Backoff`] (25 ms base). Each attempt may have a
 //! per-try timeout (an attempt that times out is classified as [`ErrorKind::Timeout`](crate::classify::ErrorKind::Timeout), retryable
