@@ -643,6 +643,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_queued_request_under_a_recording_loan_takes_along_a_hint_its_lender_gets() {
+        use crate::hedge::{AvoidEndpoint, Loan, Recorded, TakenHint};
+        use mesh_balance::Avoid as _;
+        use std::net::SocketAddr;
+        use tower::{Service, ServiceExt};
+        let endpoint = SocketAddr::from(([127, 0, 0, 1], 1));
+        let release = Arc::new(Notify::new());
+        let held = held(release.clone());
+        // Plays the client's balancer: takes what the request has in `call` and records in it.
+        let inner = tower::service_fn(move |req: Request<()>| {
+            match AvoidEndpoint::take(&req) {
+                TakenHint::Recorder(recorder) => recorder.record(&endpoint),
+                TakenHint::Hint(hint) => {
+                    hint.record(endpoint);
+                }
+                TakenHint::None => {}
+            }
+            held.clone().oneshot(req)
+        });
+        let mut svc = Shed::layer(ShedConfig {
+            max_pending: 4,
+            max_in_flight: 1,
+        })
+        .layer(inner);
+        // Sent at once: the balancer records into the loan itself, no hint is made.
+        svc.ready().await.unwrap();
+        let loan = Loan::recording();
+        let first = svc.call(Request::new(()));
+        assert!(matches!(loan.recorded(), Recorded::Endpoint(e) if e == endpoint));
+        // Queued: a hint is made for the request, and the lender holds the same one.
+        svc.ready().await.unwrap();
+        let loan = Loan::recording();
+        let second = svc.call(Request::new(()));
+        let Recorded::Hint(hint) = loan.recorded() else {
+            panic!("a queued request takes a hint along");
+        };
+        let second = tokio::spawn(second);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(hint.endpoints().is_empty(), "still queued");
+        release.notify_one();
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            hint.endpoints(),
+            vec![endpoint],
+            "recorded when it was sent"
+        );
+        release.notify_one();
+        assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn cancelled_waiters_leave_the_queue() {
         let release = Arc::new(Notify::new());
         let svc = Shed::layer(ShedConfig {
