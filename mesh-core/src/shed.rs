@@ -599,6 +599,29 @@ mod tests {
         assert_eq!(rsp.status(), StatusCode::OK);
     }
 
+    /// With `first` holding the only slot and `second` queued behind it: `hint` is empty while
+    /// `second` waits and holds `endpoint` once it has been sent; both then finish.
+    async fn queued_request_records_when_sent<E: std::fmt::Debug>(
+        release: &Notify,
+        first: impl Future<Output = Result<Response<String>, E>>,
+        second: tokio::task::JoinHandle<Result<Response<String>, E>>,
+        hint: &crate::hedge::AvoidEndpoint,
+        endpoint: std::net::SocketAddr,
+    ) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(hint.endpoints().is_empty(), "still queued");
+        release.notify_one();
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            hint.endpoints(),
+            vec![endpoint],
+            "the queued request took its hint along"
+        );
+        release.notify_one();
+        assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_hint_lent_to_a_queued_request_reaches_the_service_when_it_is_sent() {
         use crate::hedge::tests::with_loan;
@@ -628,18 +651,8 @@ mod tests {
         let queued = AvoidEndpoint::default();
         svc.ready().await.unwrap();
         let second = tokio::spawn(with_loan(&queued, || svc.call(Request::new(()))));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(queued.endpoints().is_empty(), "still queued");
-        release.notify_one();
-        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(
-            queued.endpoints(),
-            vec![SocketAddr::from(([127, 0, 0, 1], 1))],
-            "the queued request took its hint along"
-        );
-        release.notify_one();
-        assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
+        let endpoint = SocketAddr::from(([127, 0, 0, 1], 1));
+        queued_request_records_when_sent(&release, first, second, &queued, endpoint).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -680,18 +693,7 @@ mod tests {
             panic!("a queued request takes a hint along");
         };
         let second = tokio::spawn(second);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(hint.endpoints().is_empty(), "still queued");
-        release.notify_one();
-        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(
-            hint.endpoints(),
-            vec![endpoint],
-            "recorded when it was sent"
-        );
-        release.notify_one();
-        assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
+        queued_request_records_when_sent(&release, first, second, &hint, endpoint).await;
     }
 
     #[tokio::test(start_paused = true)]
