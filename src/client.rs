@@ -1678,8 +1678,9 @@ mod tests {
     }
 
     /// A request's first attempt and its retry, checked: the first went out without an
-    /// extension map (its hint was lent), the retry's hint names the first attempt's endpoint
-    /// and then its own (the balancer records each as it dispatches it), and they differ.
+    /// extension map (its endpoint was recorded into a recording loan), the retry's hint names
+    /// the first attempt's endpoint and then its own (the balancer records each as it
+    /// dispatches it), and they differ.
     fn first_and_retry(id: &str, tries: &[Try]) -> (std::net::SocketAddr, std::net::SocketAddr) {
         let [(first, ref first_hint), (retry, ref retry_hint)] = tries[..] else {
             panic!("request {id}: attempts {tries:?}");
@@ -1700,9 +1701,9 @@ mod tests {
         (first, retry)
     }
 
-    /// The first attempt of a GET goes out from `call` with the retry layer's avoid hint lent
-    /// (no extension map is made for it), and the balancer still records its endpoint there: the
-    /// retry carries the hint, naming that endpoint, and goes to the other one.
+    /// The first attempt of a GET goes out from `call` under the retry layer's recording loan
+    /// (no hint and no extension map are made for it), and the balancer records its endpoint
+    /// there: the retry carries a hint naming that endpoint, and goes to the other one.
     #[tokio::test]
     async fn a_first_attempt_records_its_endpoint_without_an_extension_and_the_retry_goes_elsewhere(
     ) {
@@ -1711,7 +1712,7 @@ mod tests {
         }
     }
 
-    /// Lent hints are per thread and per call: with many requests in flight on several threads,
+    /// Loans are per thread and per call: with many requests in flight on several threads,
     /// each request's hint holds its own attempts' endpoints and no other request's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_requests_on_many_threads_never_record_into_each_other_s_hint() {

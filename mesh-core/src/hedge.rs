@@ -720,7 +720,8 @@ where
             };
         };
         let mut req = req;
-        // The attempts are sent later, from the future: a hint lent for this call goes with them.
+        // The attempts are sent later, from the future: a hint lent for this call (or made
+        // from a recording loan) goes with them.
         AvoidEndpoint::attach_lent(&mut req);
         let shared = self.shared.clone();
         // The ready service serves the first attempt; a hedge needs a second one.

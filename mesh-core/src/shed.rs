@@ -326,7 +326,8 @@ where
         }
         let guard = PendingGuard(shared);
         let inner = self.inner.clone();
-        // Sent later, from the queue: a hint lent for this call goes with the request.
+        // Sent later, from the queue: a hint lent for this call (or made from a recording
+        // loan) goes with the request.
         let mut req = req;
         crate::hedge::AvoidEndpoint::attach_lent(&mut req);
         ShedFuture::Queued {
