@@ -273,6 +273,15 @@ pub struct ClientStats {
 /// connection pools.
 pub struct Client<B> {
     stack: Stack<B>,
+    /// The handles a request does not use, behind one reference count: a clone of the client
+    /// (one per request for a caller that uses `oneshot`, as tower's services are used) counts
+    /// one reference here instead of one per handle.
+    shared: Arc<ClientShared>,
+}
+
+/// The parts of a [`Client`] that its clones share and only its accessors (and a failed
+/// request) read.
+struct ClientShared {
     balance: mesh_balance::Balance<SocketAddr, EndpointService, ClassifyHttp>,
     authority: Option<Authority>,
     discovery: Discovery,
@@ -283,7 +292,7 @@ pub struct Client<B> {
     left_out: LeftOut,
     /// Keeps the scrape-time counters registered, and the client's name claimed in the registry,
     /// while any clone of the client lives.
-    _callbacks: Arc<(Vec<CallbackHandle>, NameClaim)>,
+    _callbacks: (Vec<CallbackHandle>, NameClaim),
 }
 
 /// The addresses left out of the balancer because they cannot be dialed as required.
@@ -956,13 +965,15 @@ impl ClientBuilder {
         }
         Ok(Client {
             stack,
-            balance,
-            authority: self.authority,
-            discovery: self.discovery,
-            stats,
-            telemetry,
-            left_out,
-            _callbacks: Arc::new((callbacks, name_claim)),
+            shared: Arc::new(ClientShared {
+                balance,
+                authority: self.authority,
+                discovery: self.discovery,
+                stats,
+                telemetry,
+                left_out,
+                _callbacks: (callbacks, name_claim),
+            }),
         })
     }
 }
@@ -1342,23 +1353,23 @@ where
 impl<B> Client<B> {
     /// The discovery handle the client balances over (current endpoint set, errors, counters).
     pub fn discovery(&self) -> &Discovery {
-        &self.discovery
+        &self.shared.discovery
     }
 
     /// The balancer's per-endpoint view (latency estimate, pending requests, health).
     pub fn endpoints(&self) -> Vec<mesh_balance::EndpointStats<SocketAddr>> {
-        self.balance.endpoints()
+        self.shared.balance.endpoints()
     }
 
     /// The counters of the client's layers.
     pub fn stats(&self) -> &ClientStats {
-        &self.stats
+        &self.shared.stats
     }
 
     /// The metrics registry, stat windows and service graph the client records into; serve
     /// `telemetry().registry` with [`mesh_core::metrics::serve_metrics`] for Prometheus.
     pub fn telemetry(&self) -> &Telemetry {
-        &self.telemetry
+        &self.shared.telemetry
     }
 
     /// Gives `req` an absolute URI (the pool needs one) without changing its logical authority:
@@ -1375,7 +1386,11 @@ impl<B> Client<B> {
                 .and_then(|host| Authority::try_from(host.as_bytes()).ok())
             {
                 Some(authority) => authority,
-                None => self.authority.clone().ok_or(Error::MissingAuthority)?,
+                None => self
+                    .shared
+                    .authority
+                    .clone()
+                    .ok_or(Error::MissingAuthority)?,
             },
         };
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
@@ -1393,13 +1408,7 @@ impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Self {
             stack: self.stack.clone(),
-            balance: self.balance.clone(),
-            authority: self.authority.clone(),
-            discovery: self.discovery.clone(),
-            stats: self.stats.clone(),
-            telemetry: self.telemetry.clone(),
-            left_out: self.left_out.clone(),
-            _callbacks: self._callbacks.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -1407,8 +1416,8 @@ impl<B> Clone for Client<B> {
 impl<B> fmt::Debug for Client<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("balance", &self.balance)
-            .field("authority", &self.authority)
+            .field("balance", &self.shared.balance)
+            .field("authority", &self.shared.authority)
             .finish_non_exhaustive()
     }
 }
@@ -1433,7 +1442,7 @@ where
         let state = match self.absolutize(&mut req) {
             Ok(()) => FutureState::Sent {
                 fut: self.stack.call(req),
-                left_out: self.left_out.clone(),
+                left_out: self.shared.left_out.clone(),
             },
             Err(error) => FutureState::Failed { error: Some(error) },
         };
