@@ -146,6 +146,41 @@ async fn request_head_over_the_cap_is_answered_431() {
     assert!(seen.starts_with("HTTP/1.1 431"), "{seen}");
 }
 
+/// The status line a server with `config` answers to a request head of `fields` header fields.
+async fn status_for_header_fields(config: ServerConfig, fields: usize) -> String {
+    let running = start(config, hello()).await;
+    let mut conn = TcpStream::connect(running.addr).await.expect("connect");
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n");
+    for i in 2..fields {
+        head.push_str(&format!("X-Field-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The server may close before reading all of it; a failed write is fine.
+    let _ = conn.write_all(head.as_bytes()).await;
+    let (seen, _) = read_until_closed(&mut conn).await;
+    let seen = String::from_utf8_lossy(&seen);
+    seen.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn header_fields_over_the_cap_are_answered_431() {
+    // The default cap, 100, is hyper's own (the server leaves it unset): exactly 100 pass.
+    assert_eq!(ServerConfig::default().max_headers, 100);
+    let at = status_for_header_fields(ServerConfig::default(), 100).await;
+    assert!(at.starts_with("HTTP/1.1 200"), "{at}");
+    let over = status_for_header_fields(ServerConfig::default(), 101).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+    // A cap of its own, below and above the default.
+    let at = status_for_header_fields(ServerConfig::default().max_headers(5), 5).await;
+    assert!(at.starts_with("HTTP/1.1 200"), "{at}");
+    let over = status_for_header_fields(ServerConfig::default().max_headers(5), 6).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+    let at = status_for_header_fields(ServerConfig::default().max_headers(150), 150).await;
+    assert!(at.starts_with("HTTP/1.1 200"), "{at}");
+    let over = status_for_header_fields(ServerConfig::default().max_headers(150), 151).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+}
+
 #[tokio::test]
 async fn request_head_under_the_cap_is_served() {
     let running = start(ServerConfig::default(), hello()).await;
