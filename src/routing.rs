@@ -361,7 +361,7 @@ where
 }
 
 type RouterFuture = mesh_core::route::ResponseFuture<
-    tower::util::Oneshot<LeafClient, http::Request<Body>>,
+    mesh_core::route::LeafFuture<LeafClient, http::Request<Body>>,
     http::Response<Body>,
 >;
 

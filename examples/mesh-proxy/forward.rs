@@ -18,14 +18,41 @@ use tower::Service;
 use crate::ProxyBody;
 
 /// One side of the proxy (outbound or inbound). Clones share the client, which a reload swaps.
-#[derive(Clone)]
 pub(crate) struct Forward {
     pub(crate) client: Arc<ArcSwap<RoutedClient<ProxyBody>>>,
+    /// This instance's (this connection's) copy of the client it last used, and the swapped-in
+    /// client it was copied from: the copy keeps the router's last leaf client, which is then
+    /// called in place. A reload swaps in a new client, and the next request takes a copy of it.
+    current: Option<(Arc<RoutedClient<ProxyBody>>, RoutedClient<ProxyBody>)>,
 }
 
 impl Forward {
     pub(crate) fn new(client: Arc<ArcSwap<RoutedClient<ProxyBody>>>) -> Self {
-        Self { client }
+        Self {
+            client,
+            current: None,
+        }
+    }
+
+    /// The copy of the current client, made anew when a reload has swapped it.
+    fn current(&mut self) -> &mut RoutedClient<ProxyBody> {
+        let Self { client, current } = self;
+        if !matches!(current, Some((from, _)) if Arc::ptr_eq(from, &client.load())) {
+            *current = None;
+        }
+        let (_, copy) = current.get_or_insert_with(|| {
+            let from = client.load_full();
+            let copy = RoutedClient::clone(&from);
+            (from, copy)
+        });
+        copy
+    }
+}
+
+impl Clone for Forward {
+    /// Shares the swapped client; the copy in use is this instance's own.
+    fn clone(&self) -> Self {
+        Self::new(self.client.clone())
     }
 }
 
@@ -40,10 +67,8 @@ impl Service<Request<ProxyBody>> for Forward {
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> ResponseFuture {
         let upgrade = strip_hop_by_hop(&mut req).then(|| hyper::upgrade::on(&mut req));
-        // `load` is a few atomic operations; the routed client clone is a handful of Arc bumps.
-        let mut client = RoutedClient::clone(&self.client.load());
         ResponseFuture {
-            inner: client.call(req),
+            inner: self.current().call(req),
             upgrade,
         }
     }

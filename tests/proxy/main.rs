@@ -295,6 +295,47 @@ async fn a_reload_that_changes_the_services_takes_effect_with_no_failed_request(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_kept_open_across_a_reload_is_routed_by_the_new_config() {
+    support::init_tracing();
+    let one = Backend::start("one", Duration::ZERO, 200).await;
+    let two = Backend::start("two", Duration::ZERO, 200).await;
+    let config = |endpoint: std::net::SocketAddr| {
+        format!("[outbound]\ndtab = \"/svc => /srv;\"\n[[service]]\nname = \"/srv/world\"\nendpoints = [\"{endpoint}\"]\n")
+    };
+    let a = Proxy::start("a", &config(one.addr)).await;
+    // One HTTP/1.1 connection to the proxy, kept open for both requests.
+    let tcp = tokio::net::TcpStream::connect(a.outbound)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = || {
+        http::Request::get("http://world/")
+            .header(http::header::HOST, "world")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let rsp = send.send_request(request()).await.expect("first request");
+    assert_eq!(rsp.status(), 200);
+    drop(rsp);
+    assert_eq!((one.hits(), two.hits()), (1, 0));
+
+    // `world` moves to the other backend. The connection's next request follows the new
+    // configuration, not the copy of the client it used before.
+    a.write_config(&config(two.addr));
+    assert!(
+        a.eventually_admin("/config", "\"successes\":1").await,
+        "reload seen"
+    );
+    send.ready().await.expect("connection still open");
+    let rsp = send.send_request(request()).await.expect("second request");
+    assert_eq!(rsp.status(), 200);
+    assert_eq!((one.hits(), two.hits()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_and_stops_accepting() {
     support::init_tracing();
     let app = Backend::start("app", Duration::from_millis(1500), 200).await;

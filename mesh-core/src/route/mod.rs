@@ -88,8 +88,9 @@ pub use policy::{
     RoutePolicy, RouteRetry,
 };
 pub use router::{
-    AuthenticatedPeer, BoxError, IpNetwork, NewLeafService, OverrideTrust, ResponseFuture,
-    RouteTarget, Router, RouterConfig, RouterLayer, Routing, L5D_CTX_DTAB, L5D_DTAB, L5D_ERR,
+    AuthenticatedPeer, BoxError, IpNetwork, LeafFuture, NewLeafService, OverrideTrust,
+    ResponseFuture, RouteTarget, Router, RouterConfig, RouterLayer, Routing, L5D_CTX_DTAB,
+    L5D_DTAB, L5D_ERR,
 };
 pub use split::{SplitSequence, WeightedSplit};
 pub use table::{

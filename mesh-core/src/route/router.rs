@@ -555,6 +555,15 @@ impl<N: NewLeafService> Layer<N> for RouterLayer {
 /// Routes each request (see [`Routing::route`]), inserts the [`RouteTarget`] extension and calls
 /// the service for the chosen bound name.
 ///
+/// The per-leaf services are built once per bound name and shared by the router's clones. Each
+/// router instance also keeps its own copy of the last leaf service it called and calls it in
+/// place while it is ready, so a router kept per connection (as a server keeps its service)
+/// neither clones a leaf service per request nor moves it into the response future. A leaf
+/// service that is not ready at once is handed to that request (which waits for it) and the
+/// next request takes a fresh copy; the copy is dropped as soon as the shared set of leaf
+/// services changes, so it never outlives a leaf the router has let go of by more than a
+/// request.
+///
 /// A malformed trusted override header is answered here with `400 Bad Request` and an `l5d-err`
 /// header, without calling any inner service (so the response body type must implement
 /// `Default`). Other routing failures are returned as a boxed [`RouteError`]; the facade turns them
@@ -562,7 +571,24 @@ impl<N: NewLeafService> Layer<N> for RouterLayer {
 pub struct Router<N: NewLeafService> {
     routing: Routing,
     new_leaf: Arc<N>,
-    leaves: Arc<ArcSwap<HashMap<Path, N::Service>>>,
+    leaves: Arc<Leaves<N::Service>>,
+    /// This instance's copy of the last leaf service it called (not shared with clones).
+    last: Option<LastLeaf<N::Service>>,
+}
+
+/// The leaf services the router's clones share, and a counter of changes to them.
+struct Leaves<S> {
+    map: ArcSwap<HashMap<Path, S>>,
+    /// Bumped after every change of `map`: an instance's [`LastLeaf`] from an older generation
+    /// may be a service the map no longer holds.
+    generation: AtomicU64,
+}
+
+/// A router instance's own copy of one leaf service.
+struct LastLeaf<S> {
+    generation: u64,
+    id: Path,
+    service: S,
 }
 
 // === impl Router ===
@@ -573,7 +599,11 @@ impl<N: NewLeafService> Router<N> {
         Self {
             routing,
             new_leaf: Arc::new(new_leaf),
-            leaves: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            leaves: Arc::new(Leaves {
+                map: ArcSwap::from_pointee(HashMap::new()),
+                generation: AtomicU64::new(0),
+            }),
+            last: None,
         }
     }
 
@@ -588,38 +618,86 @@ where
     N: NewLeafService,
     N::Service: Clone,
 {
-    fn leaf(&self, bound: &BoundName) -> N::Service {
-        if let Some(s) = self.leaves.load().get(&bound.id) {
-            return s.clone();
+    /// This instance's copy of the service for `bound`: the one it called last if that is for
+    /// the same leaf and the shared leaves have not changed since, else a fresh copy.
+    fn last_leaf(&mut self, bound: &BoundName) -> &mut N::Service {
+        // Read before the shared map: a change after this reading bumps it again.
+        let generation = self.leaves.generation.load(Ordering::Acquire);
+        let Self {
+            routing,
+            new_leaf,
+            leaves,
+            last,
+        } = self;
+        if !matches!(last, Some(l) if l.generation == generation && l.id == bound.id) {
+            *last = None;
         }
-        let svc = self.new_leaf.new_leaf(bound);
-        let max = self.routing.shared.config.max_leaf_services;
-        self.leaves.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            if !next.contains_key(&bound.id) {
-                // At the cap, make room by dropping another leaf's service (rebuilt if it is used
-                // again) rather than building a new service for every request to this one.
-                while next.len() >= max {
-                    let Some(victim) = next.keys().find(|k| **k != bound.id).cloned() else {
-                        break;
-                    };
-                    next.remove(&victim);
+        &mut last
+            .get_or_insert_with(|| {
+                let (service, generation) =
+                    shared_leaf(routing, &**new_leaf, leaves, bound, generation);
+                LastLeaf {
+                    generation,
+                    id: bound.id.clone(),
+                    service,
                 }
-                next.insert(bound.id.clone(), svc.clone());
-            }
-            next
-        });
-        // Another request may have inserted first: use the kept one so there is one per leaf.
-        self.leaves.load().get(&bound.id).cloned().unwrap_or(svc)
+            })
+            .service
     }
 }
 
+/// The service for `bound` that a router's clones share, built with `new_leaf` on first use,
+/// and the generation of the shared leaves a copy of it is current for. `seen` is the
+/// generation read before the lookup.
+fn shared_leaf<N>(
+    routing: &Routing,
+    new_leaf: &N,
+    leaves: &Leaves<N::Service>,
+    bound: &BoundName,
+    seen: u64,
+) -> (N::Service, u64)
+where
+    N: NewLeafService,
+    N::Service: Clone,
+{
+    if let Some(s) = leaves.map.load().get(&bound.id) {
+        return (s.clone(), seen);
+    }
+    let svc = new_leaf.new_leaf(bound);
+    let max = routing.shared.config.max_leaf_services;
+    leaves.map.rcu(|map| {
+        let mut next = HashMap::clone(map);
+        if !next.contains_key(&bound.id) {
+            // At the cap, make room by dropping another leaf's service (rebuilt if it is used
+            // again) rather than building a new service for every request to this one.
+            while next.len() >= max {
+                let Some(victim) = next.keys().find(|k| **k != bound.id).cloned() else {
+                    break;
+                };
+                next.remove(&victim);
+            }
+            next.insert(bound.id.clone(), svc.clone());
+        }
+        next
+    });
+    // Every change of the map is followed by a bump. If no other bump came between `seen` and
+    // this one, the map as changed here is current up to this bump; else the copy is marked
+    // with `seen` and the next request takes a fresh one.
+    let before = leaves.generation.fetch_add(1, Ordering::AcqRel);
+    let generation = if before == seen { seen + 1 } else { seen };
+    // Another request may have inserted first: use the kept one so there is one per leaf.
+    let svc = leaves.map.load().get(&bound.id).cloned().unwrap_or(svc);
+    (svc, generation)
+}
+
 impl<N: NewLeafService> Clone for Router<N> {
+    /// A router sharing the routing state and the leaf services, with no leaf copy of its own.
     fn clone(&self) -> Self {
         Self {
             routing: self.routing.clone(),
             new_leaf: self.new_leaf.clone(),
             leaves: self.leaves.clone(),
+            last: None,
         }
     }
 }
@@ -628,7 +706,7 @@ impl<N: NewLeafService> fmt::Debug for Router<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
             .field("routing", &self.routing)
-            .field("leaves", &self.leaves.load().len())
+            .field("leaves", &self.leaves.map.load().len())
             .finish()
     }
 }
@@ -642,20 +720,32 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<Oneshot<N::Service, Request<B>>, Response<ResBody>>;
+    type Future = ResponseFuture<LeafFuture<N::Service, Request<B>>, Response<ResBody>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The target is known only per request; readiness is driven per call (`oneshot`).
+        // The target is known only per request; its readiness is asked per call.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.routing.route(&mut req) {
             Ok(target) => {
-                let svc = self.leaf(&target.bound);
                 target.route.extensions().apply(req.extensions_mut());
+                let leaf = self.last_leaf(&target.bound);
                 req.extensions_mut().insert(target);
-                ResponseFuture::call(svc.oneshot(req))
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match leaf.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => ResponseFuture::call(LeafFuture::called(leaf.call(req))),
+                    // Not ready (or failed): this request waits on the copy itself, with its
+                    // own waker, and the next one takes a fresh copy, so no request waits
+                    // behind a copy registered with nobody's waker.
+                    Poll::Pending | Poll::Ready(Err(_)) => {
+                        let Some(last) = self.last.take() else {
+                            return ResponseFuture::ready(Err("the router lost its leaf".into()));
+                        };
+                        ResponseFuture::call(LeafFuture::waiting(last.service.oneshot(req)))
+                    }
+                }
             }
             Err(e @ (RouteError::InvalidOverride { .. } | RouteError::OverrideNotText { .. })) => {
                 tracing::debug!(error = %e, "rejecting request with a malformed dtab override");
@@ -666,6 +756,65 @@ where
             }
             Err(e) => ResponseFuture::ready(Err(e.into())),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A leaf service's response future: called in place on the router's copy of the service,
+    /// or, when that copy was not ready, waiting for readiness on it and then called.
+    pub struct LeafFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: LeafState<S, Req>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = LeafStateProj]
+    enum LeafState<S, Req>
+    where
+        S: Service<Req>,
+    {
+        // The leaf service was ready and was called.
+        Called { #[pin] fut: S::Future },
+        // The leaf service was not ready; `Oneshot` drives it to readiness and calls it.
+        Waiting { #[pin] fut: Oneshot<S, Req> },
+    }
+}
+
+impl<S: Service<Req>, Req> LeafFuture<S, Req> {
+    fn called(fut: S::Future) -> Self {
+        Self {
+            state: LeafState::Called { fut },
+        }
+    }
+
+    fn waiting(fut: Oneshot<S, Req>) -> Self {
+        Self {
+            state: LeafState::Waiting { fut },
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> Future for LeafFuture<S, Req> {
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            LeafStateProj::Called { fut } => fut.poll(cx),
+            LeafStateProj::Waiting { fut } => fut.poll(cx),
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for LeafFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.state {
+            LeafState::Called { .. } => "LeafFuture::Called",
+            LeafState::Waiting { .. } => "LeafFuture::Waiting",
+        })
     }
 }
 

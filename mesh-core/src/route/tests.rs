@@ -508,3 +508,179 @@ fn dtab_unions_split_requests_by_weight() {
     }
     assert!((a as i64 - 9_000).abs() <= 10, "{a}");
 }
+
+/// A leaf service that counts its copies and builds, answers with its leaf's name, and is ready
+/// only while its gate is open (a closed gate keeps the waker, as a limiter would).
+#[derive(Default)]
+struct LeafCounts {
+    builds: Mutex<HashMap<String, u64>>,
+    clones: AtomicU64,
+    drops: AtomicU64,
+    gate_closed: std::sync::atomic::AtomicBool,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl LeafCounts {
+    fn builds(&self, leaf: &str) -> u64 {
+        self.builds.lock().unwrap().get(leaf).copied().unwrap_or(0)
+    }
+
+    fn open_gate(&self) {
+        self.gate_closed.store(false, Ordering::SeqCst);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+struct CountingLeaf {
+    leaf: String,
+    counts: Arc<LeafCounts>,
+}
+
+impl Clone for CountingLeaf {
+    fn clone(&self) -> Self {
+        self.counts.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            leaf: self.leaf.clone(),
+            counts: self.counts.clone(),
+        }
+    }
+}
+
+impl Drop for CountingLeaf {
+    fn drop(&mut self) {
+        self.counts.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl tower::Service<Request<()>> for CountingLeaf {
+    type Response = http::Response<String>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<String>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.counts.gate_closed.load(Ordering::SeqCst) {
+            *self.counts.waker.lock().unwrap() = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(self.leaf.clone())))
+    }
+}
+
+/// A router over `/svc/NAME => /#/sw/NAME` whose leaf services are [`CountingLeaf`]s.
+fn counting_router(
+    leaves: &[&str],
+    max_leaf_services: usize,
+) -> (
+    Router<impl NewLeafService<Service = CountingLeaf>>,
+    Arc<LeafCounts>,
+) {
+    let namer = Arc::new(SwitchNamer::default());
+    for leaf in leaves {
+        namer.set(leaf, true);
+    }
+    let table = RouteTable::new(vec![Route::builder("all")
+        .to(Backend::Host("/svc".parse().unwrap()))
+        .build()
+        .unwrap()])
+    .unwrap();
+    let config = RouterConfig {
+        max_leaf_services,
+        ..Default::default()
+    };
+    let routing = Routing::new(table, Dtab::parse("/svc => /#/sw").unwrap(), namer, config);
+    let counts = Arc::new(LeafCounts::default());
+    let for_leaves = counts.clone();
+    let new_leaf = move |bound: &BoundName| {
+        let leaf = bound.id.segments()[2].to_string();
+        *for_leaves
+            .builds
+            .lock()
+            .unwrap()
+            .entry(leaf.clone())
+            .or_default() += 1;
+        CountingLeaf {
+            leaf,
+            counts: for_leaves.clone(),
+        }
+    };
+    (Router::new(routing.unwrap(), new_leaf), counts)
+}
+
+async fn send<N>(router: &mut Router<N>, host: &str) -> String
+where
+    N: NewLeafService<Service = CountingLeaf>,
+{
+    use tower::{Service, ServiceExt};
+    let uri = format!("http://{host}/");
+    let rsp = router.ready().await.unwrap().call(req(&uri)).await.unwrap();
+    rsp.into_body()
+}
+
+#[tokio::test]
+async fn a_router_kept_per_connection_calls_its_leaf_in_place_without_a_copy_per_request() {
+    let (mut router, counts) = counting_router(&["a"], 16);
+    assert_eq!(send(&mut router, "a").await, "a");
+    let after_first = counts.clones.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(send(&mut router, "a").await, "a");
+    }
+    // Before, every request cloned the shared leaf service (100 more copies).
+    assert_eq!(counts.clones.load(Ordering::SeqCst), after_first);
+    assert_eq!(counts.builds("a"), 1);
+
+    // A clone of the router shares the leaf service but keeps its own copy.
+    let mut other = router.clone();
+    assert_eq!(send(&mut other, "a").await, "a");
+    assert_eq!(counts.clones.load(Ordering::SeqCst), after_first + 1);
+    assert_eq!(counts.builds("a"), 1);
+}
+
+#[tokio::test]
+async fn a_leaf_that_is_not_ready_is_waited_on_by_its_request_and_the_next_takes_a_fresh_copy() {
+    use tower::Service;
+    let (mut router, counts) = counting_router(&["a"], 16);
+    assert_eq!(send(&mut router, "a").await, "a");
+    let copies = counts.clones.load(Ordering::SeqCst);
+
+    counts.gate_closed.store(true, Ordering::SeqCst);
+    let waiting = tokio::spawn({
+        let fut = router.call(req("http://a/"));
+        async move { fut.await.unwrap().into_body() }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "the leaf is not ready");
+    // The request waits with its own waker: opening the gate wakes it.
+    counts.open_gate();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+    assert_eq!(answered.unwrap().unwrap(), "a");
+    // The copy went with the waiting request; the next request takes a fresh one.
+    assert_eq!(send(&mut router, "a").await, "a");
+    assert_eq!(counts.clones.load(Ordering::SeqCst), copies + 1);
+}
+
+#[tokio::test]
+async fn a_router_s_copy_of_a_leaf_goes_when_the_shared_leaves_let_it_go() {
+    let (mut first, counts) = counting_router(&["a", "b"], 1);
+    let mut second = first.clone();
+    assert_eq!(send(&mut first, "a").await, "a");
+    assert_eq!(counts.builds("a"), 1);
+    // One leaf service at most: `b` takes `a`'s place in the shared set.
+    assert_eq!(send(&mut second, "b").await, "b");
+    // `first` must not keep calling its copy of the `a` the router let go of: it builds `a`
+    // anew, as a router without copies would.
+    assert_eq!(send(&mut first, "a").await, "a");
+    assert_eq!(counts.builds("a"), 2);
+    // Once every copy is gone, so is every leaf service.
+    drop((first, second));
+    let made = counts.builds("a") + counts.builds("b") + counts.clones.load(Ordering::SeqCst);
+    assert_eq!(counts.drops.load(Ordering::SeqCst), made);
+}
