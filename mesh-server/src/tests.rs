@@ -246,6 +246,31 @@ async fn drain_lets_the_request_in_flight_finish() {
 }
 
 #[tokio::test]
+async fn drain_closes_an_idle_keepalive_connection_at_once() {
+    // Idle and drain timeouts far beyond the test's bound: only the drain itself may close it.
+    let config = ServerConfig::default()
+        .idle_timeout(Duration::from_secs(600))
+        .drain_timeout(Duration::from_secs(600));
+    let mut running = start(config, hello()).await;
+    let mut conn = TcpStream::connect(running.addr).await.expect("connect");
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let stopped = Instant::now();
+    let _ = running.stop.take().map(|stop| stop.send(()));
+    let (seen, closed) = read_until_closed(&mut conn).await;
+    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+    assert!(closed - stopped < Duration::from_secs(5), "closed at the drain");
+    tokio::time::timeout(EVENTUALLY, running.task)
+        .await
+        .expect("serve returns once the connection is closed")
+        .expect("no panic");
+}
+
+#[tokio::test]
 async fn drain_closes_what_is_left_after_the_drain_timeout() {
     let config = ServerConfig::default().drain_timeout(Duration::from_millis(300));
     let mut running = start(config, sleepy(Duration::from_secs(3600))).await;
