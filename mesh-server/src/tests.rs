@@ -263,7 +263,10 @@ async fn drain_closes_an_idle_keepalive_connection_at_once() {
     let _ = running.stop.take().map(|stop| stop.send(()));
     let (seen, closed) = read_until_closed(&mut conn).await;
     assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
-    assert!(closed - stopped < Duration::from_secs(5), "closed at the drain");
+    assert!(
+        closed - stopped < Duration::from_secs(5),
+        "closed at the drain"
+    );
     tokio::time::timeout(EVENTUALLY, running.task)
         .await
         .expect("serve returns once the connection is closed")

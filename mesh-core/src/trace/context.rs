@@ -74,6 +74,12 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(|c| c.clone()).ok()
 }
 
+/// Runs `f` with `context` as [`current`]: for work a service starts in its `call` rather than
+/// in its future (a router that calls its leaf service in place, say).
+pub fn sync_scope<R>(context: TraceContext, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(context, f)
+}
+
 /// Runs `future` with `context` as [`current`].
 pub fn scope<F: std::future::Future>(
     context: TraceContext,

@@ -121,9 +121,13 @@ where
                 None => ServerSpanFuture::from(State::Plain {
                     inner: self.inner.call(req),
                 }),
-                Some(parent) => ServerSpanFuture::from(State::Propagated {
-                    inner: context::scope(parent, self.inner.call(req)),
-                }),
+                Some(parent) => {
+                    // The handler's `call` runs in the context too, not only its future.
+                    let inner = context::sync_scope(parent.clone(), || self.inner.call(req));
+                    ServerSpanFuture::from(State::Propagated {
+                        inner: context::scope(parent, inner),
+                    })
+                }
             };
         }
         let Some(tracer) = self.tracing.tracer() else {
@@ -137,8 +141,9 @@ where
             parent.as_ref(),
             attrs::request(&req, true),
         );
+        let inner = context::sync_scope(ctx.clone(), || self.inner.call(req));
         ServerSpanFuture::from(State::Traced {
-            inner: context::scope(ctx, self.inner.call(req)),
+            inner: context::scope(ctx, inner),
             span: Some(span),
         })
     }

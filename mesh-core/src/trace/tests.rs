@@ -218,6 +218,72 @@ async fn unsampled_requests_only_propagate() {
     assert!(exporter.spans.lock().is_empty());
 }
 
+/// A handler that sends its client request from `call` itself (as a router calling its leaf
+/// client in place does), not from the future it returns.
+#[derive(Clone)]
+struct CallsInCall<C> {
+    client: C,
+}
+
+impl<C> Service<Request<()>> for CallsInCall<C>
+where
+    C: Service<Request<()>, Response = Response<HeaderMap>>,
+{
+    type Response = Response<HeaderMap>;
+    type Error = C::Error;
+    type Future = C::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), C::Error>> {
+        self.client.poll_ready(cx)
+    }
+
+    fn call(&mut self, _: Request<()>) -> C::Future {
+        self.client
+            .call(Request::get("http://books/").body(()).unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_sent_from_the_handler_s_call_is_a_child_of_the_server_span() {
+    let exporter = Collect::default();
+    let tracing = Tracing::with_exporter(config(0.0), exporter.clone()).unwrap();
+    let client = ClientSpan::layer(tracing.clone()).layer(service_fn(ok));
+    let mut server = ServerSpan::layer(tracing.clone()).layer(CallsInCall { client });
+    // Sampled: the client span's parent is the server span, not the caller's span.
+    let req = Request::builder()
+        .header("traceparent", TP)
+        .body(())
+        .unwrap();
+    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+    tracing.flush().await.unwrap();
+    let spans = exporter.spans.lock().clone();
+    let server_span = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .unwrap();
+    let client_span = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .unwrap();
+    assert_eq!(
+        client_span.parent_span_id,
+        server_span.span_context.span_id()
+    );
+    let sent = rsp.body()["traceparent"].to_str().unwrap().to_owned();
+    assert!(sent.contains(&client_span.span_context.span_id().to_string()));
+    // Unsampled: the caller's context is what the client request carries.
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let req = Request::builder()
+        .header("traceparent", unsampled)
+        .body(())
+        .unwrap();
+    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(rsp.body()["traceparent"], unsampled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_requests_make_server_and_client_spans() {
     let exporter = Collect::default();
