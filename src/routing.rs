@@ -559,8 +559,9 @@ struct DnsSource {
     lease: Weak<DnsLease>,
 }
 
-/// Held by the leaf client of a `/#/dns` name (and so by its per-request clones). When the last
-/// one is dropped (the router evicted the leaf and its requests are done), the namer forgets the
+/// Held by the leaf client of a `/#/dns` name (and so by its copies: a router instance's, a
+/// waiting request's). When the last one is dropped (the router evicted the leaf, the router
+/// instances that called it have moved on and its requests are done), the namer forgets the
 /// source: its watcher ends, and with the last [`Discovery`] handle its resolver task.
 struct DnsLease {
     id: Path,
@@ -675,7 +676,7 @@ impl NewLeafService for NewLeafClient {
 
 /// One bound name's client, or why it could not be built (answered as 500 with `l5d-err`).
 ///
-/// `Failed` is small and rare; boxing `Ready` would add an allocation to every per-request clone.
+/// `Failed` is small and rare; boxing `Ready` would add an allocation to every copy of a client.
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant)]
 enum LeafClient {

@@ -560,9 +560,10 @@ impl<N: NewLeafService> Layer<N> for RouterLayer {
 /// place while it is ready, so a router kept per connection (as a server keeps its service)
 /// neither clones a leaf service per request nor moves it into the response future. A leaf
 /// service that is not ready at once is handed to that request (which waits for it) and the
-/// next request takes a fresh copy; the copy is dropped as soon as the shared set of leaf
-/// services changes, so it never outlives a leaf the router has let go of by more than a
-/// request.
+/// next request takes a fresh copy. After the shared set of leaf services changes (a leaf built
+/// or evicted), an instance's next request drops its copy and takes a current one; until then,
+/// or until the instance is dropped (a server's, with its connection), the copy keeps its leaf
+/// service alive.
 ///
 /// A malformed trusted override header is answered here with `400 Bad Request` and an `l5d-err`
 /// header, without calling any inner service (so the response body type must implement
