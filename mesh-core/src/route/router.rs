@@ -737,10 +737,15 @@ where
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 match leaf.poll_ready(&mut cx) {
                     Poll::Ready(Ok(())) => ResponseFuture::call(LeafFuture::called(leaf.call(req))),
-                    // Not ready (or failed): this request waits on the copy itself, with its
-                    // own waker, and the next one takes a fresh copy, so no request waits
-                    // behind a copy registered with nobody's waker.
-                    Poll::Pending | Poll::Ready(Err(_)) => {
+                    // Failed: the copy goes, and the next request takes a fresh one.
+                    Poll::Ready(Err(e)) => {
+                        self.last = None;
+                        ResponseFuture::ready(Err(e.into()))
+                    }
+                    // Not ready: this request waits on the copy itself, with its own waker, and
+                    // the next one takes a fresh copy, so no request waits behind a copy
+                    // registered with nobody's waker.
+                    Poll::Pending => {
                         let Some(last) = self.last.take() else {
                             return ResponseFuture::ready(Err("the router lost its leaf".into()));
                         };

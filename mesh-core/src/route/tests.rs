@@ -518,6 +518,8 @@ struct LeafCounts {
     drops: AtomicU64,
     gate_closed: std::sync::atomic::AtomicBool,
     waker: Mutex<Option<std::task::Waker>>,
+    /// While set, `poll_ready` fails.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl LeafCounts {
@@ -563,6 +565,9 @@ impl tower::Service<Request<()>> for CountingLeaf {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.counts.broken.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err("leaf broken".into()));
+        }
         if self.counts.gate_closed.load(Ordering::SeqCst) {
             *self.counts.waker.lock().unwrap() = Some(cx.waker().clone());
             return std::task::Poll::Pending;
@@ -683,4 +688,18 @@ async fn a_router_s_copy_of_a_leaf_goes_when_the_shared_leaves_let_it_go() {
     drop((first, second));
     let made = counts.builds("a") + counts.builds("b") + counts.clones.load(Ordering::SeqCst);
     assert_eq!(counts.drops.load(Ordering::SeqCst), made);
+}
+
+#[tokio::test]
+async fn a_leaf_that_fails_readiness_fails_its_request_and_the_next_takes_a_fresh_copy() {
+    use tower::Service;
+    let (mut router, counts) = counting_router(&["a"], 16);
+    assert_eq!(send(&mut router, "a").await, "a");
+    let copies = counts.clones.load(Ordering::SeqCst);
+    counts.broken.store(true, Ordering::SeqCst);
+    let error = router.call(req("http://a/")).await.unwrap_err();
+    assert_eq!(error.to_string(), "leaf broken");
+    counts.broken.store(false, Ordering::SeqCst);
+    assert_eq!(send(&mut router, "a").await, "a");
+    assert_eq!(counts.clones.load(Ordering::SeqCst), copies + 1);
 }
