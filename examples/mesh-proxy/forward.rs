@@ -22,7 +22,9 @@ pub(crate) struct Forward {
     pub(crate) client: Arc<ArcSwap<RoutedClient<ProxyBody>>>,
     /// This instance's (this connection's) copy of the client it last used, and the swapped-in
     /// client it was copied from: the copy keeps the router's last leaf client, which is then
-    /// called in place. A reload swaps in a new client, and the next request takes a copy of it.
+    /// called in place. A reload swaps in a new client, and the connection's next request takes
+    /// a copy of it; until then, or until the connection closes (its idle or header-read
+    /// timeout), the old copy keeps the old client alive, as a request in flight would.
     current: Option<(Arc<RoutedClient<ProxyBody>>, RoutedClient<ProxyBody>)>,
 }
 
