@@ -649,12 +649,34 @@ async fn a_router_kept_per_connection_calls_its_leaf_in_place_without_a_copy_per
     assert_eq!(counts.builds("a"), 1);
 }
 
-#[tokio::test]
-async fn a_leaf_that_is_not_ready_is_waited_on_by_its_request_and_the_next_takes_a_fresh_copy() {
-    use tower::Service;
+/// A router over leaf `a` after one request; with the number of copies made so far.
+async fn router_after_one_request() -> (
+    Router<impl NewLeafService<Service = CountingLeaf>>,
+    Arc<LeafCounts>,
+    u64,
+) {
     let (mut router, counts) = counting_router(&["a"], 16);
     assert_eq!(send(&mut router, "a").await, "a");
     let copies = counts.clones.load(Ordering::SeqCst);
+    (router, counts, copies)
+}
+
+/// The router's next request is served through one fresh copy of the leaf service.
+async fn next_request_takes_a_fresh_copy<N>(
+    router: &mut Router<N>,
+    counts: &LeafCounts,
+    copies: u64,
+) where
+    N: NewLeafService<Service = CountingLeaf>,
+{
+    assert_eq!(send(router, "a").await, "a");
+    assert_eq!(counts.clones.load(Ordering::SeqCst), copies + 1);
+}
+
+#[tokio::test]
+async fn a_leaf_that_is_not_ready_is_waited_on_by_its_request_and_the_next_takes_a_fresh_copy() {
+    use tower::Service;
+    let (mut router, counts, copies) = router_after_one_request().await;
 
     counts.gate_closed.store(true, Ordering::SeqCst);
     let waiting = tokio::spawn({
@@ -668,8 +690,7 @@ async fn a_leaf_that_is_not_ready_is_waited_on_by_its_request_and_the_next_takes
     let answered = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
     assert_eq!(answered.unwrap().unwrap(), "a");
     // The copy went with the waiting request; the next request takes a fresh one.
-    assert_eq!(send(&mut router, "a").await, "a");
-    assert_eq!(counts.clones.load(Ordering::SeqCst), copies + 1);
+    next_request_takes_a_fresh_copy(&mut router, &counts, copies).await;
 }
 
 #[tokio::test]
@@ -693,13 +714,10 @@ async fn a_router_s_copy_of_a_leaf_goes_when_the_shared_leaves_let_it_go() {
 #[tokio::test]
 async fn a_leaf_that_fails_readiness_fails_its_request_and_the_next_takes_a_fresh_copy() {
     use tower::Service;
-    let (mut router, counts) = counting_router(&["a"], 16);
-    assert_eq!(send(&mut router, "a").await, "a");
-    let copies = counts.clones.load(Ordering::SeqCst);
+    let (mut router, counts, copies) = router_after_one_request().await;
     counts.broken.store(true, Ordering::SeqCst);
     let error = router.call(req("http://a/")).await.unwrap_err();
     assert_eq!(error.to_string(), "leaf broken");
     counts.broken.store(false, Ordering::SeqCst);
-    assert_eq!(send(&mut router, "a").await, "a");
-    assert_eq!(counts.clones.load(Ordering::SeqCst), copies + 1);
+    next_request_takes_a_fresh_copy(&mut router, &counts, copies).await;
 }

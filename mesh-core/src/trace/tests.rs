@@ -38,6 +38,22 @@ fn config(ratio: f64) -> TracingConfig {
 }
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+/// Sends a request with an unsampled caller context through `server` (whose handler calls a
+/// client that echoes its request headers): the client request carries it on unchanged.
+async fn an_unsampled_context_passes_through<S>(server: &mut S)
+where
+    S: Service<Request<()>, Response = Response<HeaderMap>>,
+    S::Error: std::fmt::Debug,
+{
+    let req = Request::builder()
+        .header("traceparent", UNSAMPLED)
+        .body(())
+        .unwrap();
+    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(rsp.body()["traceparent"], UNSAMPLED);
+}
 
 #[test]
 fn traceparent_examples() {
@@ -198,13 +214,7 @@ async fn unsampled_requests_only_propagate() {
             let mut client = client.clone();
             async move { client.ready().await?.call(Request::new(())).await }
         }));
-    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-    let req = Request::builder()
-        .header("traceparent", unsampled)
-        .body(())
-        .unwrap();
-    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
-    assert_eq!(rsp.body()["traceparent"], unsampled);
+    an_unsampled_context_passes_through(&mut server).await;
     // No context at all and ratio 0: nothing is added.
     let rsp = server
         .ready()
@@ -275,13 +285,7 @@ async fn a_client_request_sent_from_the_handler_s_call_is_a_child_of_the_server_
     let sent = rsp.body()["traceparent"].to_str().unwrap().to_owned();
     assert!(sent.contains(&client_span.span_context.span_id().to_string()));
     // Unsampled: the caller's context is what the client request carries.
-    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-    let req = Request::builder()
-        .header("traceparent", unsampled)
-        .body(())
-        .unwrap();
-    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
-    assert_eq!(rsp.body()["traceparent"], unsampled);
+    an_unsampled_context_passes_through(&mut server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
