@@ -211,8 +211,7 @@ async fn a_killed_backend_is_ejected_until_its_probe_succeeds() {
     for _ in 0..30 {
         client.request(get()).await.expect("response");
     }
-    dead.kill();
-    drop(dead);
+    dead.kill_and_wait().await;
 
     // Connection failures are retried elsewhere: callers keep succeeding while the breaker counts
     // them. Concurrent batches make sure the dead endpoint keeps being tried until it is ejected.

@@ -114,6 +114,14 @@ impl Backend {
         self.task.abort();
         let _ = self.kill.send(true);
     }
+
+    /// Kills the backend and returns once its listener is closed, so that its address can be
+    /// bound again (`abort` only asks the accept task to stop; the task still owns the
+    /// listener until the runtime drops it).
+    pub async fn kill_and_wait(mut self) {
+        self.kill();
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for Backend {
