@@ -694,6 +694,21 @@ async fn a_leaf_that_is_not_ready_is_waited_on_by_its_request_and_the_next_takes
 }
 
 #[tokio::test]
+async fn a_caller_that_gives_up_on_a_leaf_that_is_not_ready_takes_its_copy_along() {
+    use tower::Service;
+    let (mut router, counts, copies) = router_after_one_request().await;
+    counts.gate_closed.store(true, Ordering::SeqCst);
+    let drops = counts.drops.load(Ordering::SeqCst);
+    // The caller drops the waiting request: the copy it waited on goes with it.
+    let given_up = router.call(req("http://a/"));
+    drop(given_up);
+    assert_eq!(counts.drops.load(Ordering::SeqCst), drops + 1);
+    // The router still serves, through a fresh copy, once the leaf is ready again.
+    counts.open_gate();
+    next_request_takes_a_fresh_copy(&mut router, &counts, copies).await;
+}
+
+#[tokio::test]
 async fn a_router_s_copy_of_a_leaf_goes_when_the_shared_leaves_let_it_go() {
     let (mut first, counts) = counting_router(&["a", "b"], 1);
     let mut second = first.clone();
